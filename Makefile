@@ -1,0 +1,24 @@
+# The two README commands: `make demo` (the main job) and `make test` (the suite).
+# Each creates its own virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+.PHONY: demo test test-slow install
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m train.demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow

@@ -1,0 +1,8 @@
+"""minimal-lm: a small JAX decoder for studying massive values in attention queries and keys."""
+from minimal_lm.config import ConfigError, Llama3Scaling, ModelConfig
+from minimal_lm.model import SITES, KVCache, Output, count_params, forward, init_cache, init_params
+from minimal_lm.positions import SCHEMES, alibi_slopes, rope_frequency_index, rope_inv_freq
+
+__all__ = ["ConfigError", "Llama3Scaling", "ModelConfig", "SITES", "KVCache", "Output", "count_params",
+           "forward", "init_cache", "init_params", "SCHEMES", "alibi_slopes", "rope_frequency_index",
+           "rope_inv_freq"]

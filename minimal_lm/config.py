@@ -1,0 +1,135 @@
+"""The model's one config: a frozen, validated dataclass that names the field at fault."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "full", "dots")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field, the value and what was expected."""
+
+
+@dataclass(frozen=True)
+class Llama3Scaling:
+    """Llama 3.1-style RoPE frequency scaling (HF rope_type "llama3")."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder: pre-RMSNorm, SwiGLU MLP, GQA, one of four positional schemes."""
+
+    vocab_size: int = 256
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None: same as num_heads (no GQA)
+    head_dim: int | None = None  # None: d_model // num_heads
+    mlp_dim: int | None = None  # None: 4 * d_model * 2/3 rounded up to a multiple of 64
+    max_seq_len: int = 256
+    position: str = "rope"  # rope | none | learned | alibi
+    rope_theta: float = 10000.0
+    rope_fraction: float = 1.0  # share of head_dim that is rotated (partial rotary)
+    rope_scaling: Llama3Scaling | None = None
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype; params stay in param_dtype
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots
+    scan_layers: bool = True
+    attention_impl: str | None = None  # None (auto) | "xla" | "cudnn"
+
+    def __post_init__(self):
+        if self.position is None:
+            object.__setattr__(self, "position", "none")
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", _build(Llama3Scaling, self.rope_scaling, "rope_scaling"))
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
+            _positive_int(name, getattr(self, name))
+        for name in ("num_kv_heads", "head_dim", "mlp_dim"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        from minimal_lm.positions import SCHEMES
+
+        if self.position not in SCHEMES:
+            raise ConfigError(f"position={self.position!r}: expected one of {', '.join(SCHEMES)}")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; set head_dim explicitly")
+        if self.num_heads % self.kv_heads:
+            raise ConfigError(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.kv_heads}")
+        if not 0.0 < self.rope_fraction <= 1.0:
+            raise ConfigError(f"rope_fraction={self.rope_fraction}: expected 0 < rope_fraction <= 1")
+        if self.position == "rope":
+            if self.rotary_dim % 2:
+                raise ConfigError(
+                    f"head_dim={self.dim_per_head} with rope_fraction={self.rope_fraction} rotates "
+                    f"{self.rotary_dim} dims: RoPE needs an even number (pairs of dims)")
+            if not self.rope_theta > 0:
+                raise ConfigError(f"rope_theta={self.rope_theta}: expected a positive number")
+        for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat", REMAT)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.attention_impl not in (None, "xla", "cudnn"):
+            raise ConfigError(f"attention_impl={self.attention_impl!r}: expected None, 'xla' or 'cudnn'")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"norm_eps={self.norm_eps}: expected a positive number")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_dim or -(-int(8 * self.d_model / 3) // 64) * 64
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.dim_per_head * self.rope_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "model config") -> "ModelConfig":
+        return _build(cls, d, where)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _build(cls, d, where):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r}: expected a positive integer")
+
