@@ -91,6 +91,8 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
     every valid earlier slot. `intervention(site, layer, x) -> x` may rewrite any site;
     `capture(site, layer, x)` returns a small pytree (or None to skip a site), stacked over layers
     in Output.captured. Capture sees each site after the intervention, as the model does.
+    A hook that needs to know which tokens are real (a norm over valid tokens) may define
+    `bind(mask_BT) -> hook`: forward calls it with this call's [B, T] mask before the layers run.
     """
     B, T = tokens_BT.shape
     dtype = jnp.dtype(cfg.dtype)
@@ -100,6 +102,8 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
                         else jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0))
     positions_BT = positions_BT.astype(jnp.int32)
     pos = scheme(cfg)
+    hook_mask_BT = jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool)
+    intervention, capture = (h.bind(hook_mask_BT) if hasattr(h, "bind") else h for h in (intervention, capture))
 
     x_BTD = params["embed"][tokens_BT]
     x_BTD = pos.embed(cfg, params["position"], x_BTD, positions_BT)

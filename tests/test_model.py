@@ -157,3 +157,20 @@ def test_bf16_compute_keeps_fp32_params_and_stays_close():
     low = forward(params, tokens(), cfg.replace(dtype="bfloat16")).logits
     assert low.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(low - ref))) < 0.1 * float(jnp.max(jnp.abs(ref)))
+
+
+def test_hooks_with_bind_receive_the_call_mask():
+    """A hook object's bind(mask_BT) is called with the padding mask, so it can reduce over real tokens."""
+    cfg = tiny("rope")
+    params = init_params(cfg, jax.random.key(11))
+    seen = {}
+
+    class CountReal:
+        def bind(self, mask_BT):
+            seen["mask"] = mask_BT
+            return lambda site, layer, x: jnp.sum(mask_BT) if site == "v" else None
+
+    mask = jnp.arange(12)[None].repeat(2, 0) >= jnp.array([[0], [4]])
+    out = forward(params, tokens(), cfg, mask_BT=mask, capture=CountReal())
+    np.testing.assert_array_equal(seen["mask"], mask)
+    np.testing.assert_array_equal(out.captured["v"], [20, 20])
