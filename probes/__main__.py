@@ -1,0 +1,26 @@
+"""`python -m probes SUBCOMMAND ...`. Each subcommand module has `register(subparsers)`, which adds its
+parser and sets `func`; add a module to COMMANDS to add a subcommand."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("probes.massive_cmd",)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m probes", description="Probes of massive values in attention.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

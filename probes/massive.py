@@ -1,0 +1,151 @@
+"""Massive values in Q, K and V: per-layer norm matrices, the paper's two selection rules, summaries.
+
+M[l, h, d] = L2 norm over all valid tokens of all prompts of X[:, h, d] at one site of layer l
+(Jin et al. 2025). Sums of squares are taken inside jit through the model's capture hook, so only
+[layers, heads, head_dim] arrays leave the device. K and V have the model's KV heads.
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from minimal_lm import ModelConfig, forward, rope_frequency_index
+
+PROBE_SITES = ("q", "k", "v", "q_pre", "k_pre")
+"""Sites with per-head activations [B, T, heads, head_dim]: post-rotation q/k, v, pre-rotation q/k."""
+
+
+def check_sites(sites: Iterable[str]) -> tuple[str, ...]:
+    sites = tuple(sites)
+    bad = [s for s in sites if s not in PROBE_SITES]
+    if bad or not sites:
+        raise ValueError(f"sites={','.join(sites)!r}: expected one or more of {', '.join(PROBE_SITES)}")
+    return sites
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sites"))
+def sum_squares(params, tokens_BT, mask_BT, cfg: ModelConfig, sites: tuple[str, ...]) -> dict:
+    """Per site, sum over batch and valid tokens of x**2: float32 [L, heads, head_dim]."""
+    w_BT = mask_BT.astype(jnp.float32)
+
+    def capture(site, layer, x_BTHE):
+        if site not in sites:
+            return None
+        x_BTHE = x_BTHE.astype(jnp.float32)
+        return jnp.einsum("bthe,bt->he", x_BTHE * x_BTHE, w_BT)
+
+    return forward(params, tokens_BT, cfg, mask_BT=mask_BT, capture=capture, last_only=True).captured
+
+
+def norm_matrices(params, cfg: ModelConfig, batches: Iterable, sites=PROBE_SITES, *, total: int | None = None,
+                  progress: bool = True) -> tuple[dict[str, np.ndarray], int]:
+    """M per site (float32 [L, heads, head_dim]) over batches of (tokens_BT, mask_BT), and the number
+    of valid tokens seen. Padding (mask False) contributes nothing."""
+    sites = check_sites(sites)
+    acc, n_tokens = None, 0
+    for tokens_BT, mask_BT in tqdm(batches, total=total, desc="massive", unit="batch", disable=not progress):
+        s = sum_squares(params, jnp.asarray(tokens_BT), jnp.asarray(mask_BT, bool), cfg, sites)
+        acc = s if acc is None else jax.tree.map(jnp.add, acc, s)
+        n_tokens += int(np.asarray(mask_BT).sum())
+    if acc is None:
+        raise ValueError("norm_matrices: no batches were given (no prompts?)")
+    return {site: np.sqrt(np.asarray(acc[site], np.float64)).astype(np.float32) for site in sites}, n_tokens
+
+
+def head_ratio(m_LHE) -> np.ndarray:
+    """M divided by its mean over head_dim, per layer and head (the paper's threshold statistic)."""
+    m_LHE = np.asarray(m_LHE, np.float64)
+    mean_LH1 = m_LHE.mean(-1, keepdims=True)
+    return np.divide(m_LHE, mean_LH1, out=np.zeros_like(m_LHE), where=mean_LH1 > 0)
+
+
+def threshold_mask(m_LHE, lam: float = 5.0) -> np.ndarray:
+    """The paper's text: M[l, h, d] > lam * mean over d of M[l, h, :]. Boolean [L, heads, head_dim]."""
+    return head_ratio(m_LHE) > lam
+
+
+def topk_dims(m_LHE, k: int = 1, largest: bool = True) -> np.ndarray:
+    """Per layer and head, the k dims with the largest (or smallest) M, largest first: int [L, heads, k].
+    Ties go to the lower dim index."""
+    m_LHE = np.asarray(m_LHE)
+    if not 1 <= k <= m_LHE.shape[-1]:
+        raise ValueError(f"k={k}: expected 1 <= k <= head_dim={m_LHE.shape[-1]}")
+    order = np.argsort(-m_LHE if largest else m_LHE, axis=-1, kind="stable")
+    return order[..., :k]
+
+
+def topk_mask(m_LHE, k: int = 1) -> np.ndarray:
+    """The paper's code: per head, the top-k dims of M. Boolean [L, heads, head_dim]."""
+    m_LHE = np.asarray(m_LHE)
+    mask = np.zeros(m_LHE.shape, bool)
+    np.put_along_axis(mask, topk_dims(m_LHE, k), True, axis=-1)
+    return mask
+
+
+def as_set(mask_LHE) -> set[tuple[int, int, int]]:
+    """A selection mask as a set of (layer, head, dim)."""
+    return {tuple(int(i) for i in idx) for idx in np.argwhere(mask_LHE)}
+
+
+def threshold_rule(m_LHE, lam: float = 5.0) -> set[tuple[int, int, int]]:
+    return as_set(threshold_mask(m_LHE, lam))
+
+
+def topk_rule(m_LHE, k: int = 1) -> set[tuple[int, int, int]]:
+    return as_set(topk_mask(m_LHE, k))
+
+
+def frequency_map(cfg: ModelConfig) -> dict:
+    """Each dim's RoPE frequency index (rotate_half: j mod d/2; -1 unrotated) and the low-frequency
+    quarter (the largest indices). Models without RoPE get the map a RoPE model of this head_dim would use."""
+    freq_E = np.asarray(rope_frequency_index(cfg))
+    n_freq = int(freq_E.max()) + 1
+    low_E = freq_E >= n_freq - max(1, n_freq // 4)
+    return {"freq_E": freq_E, "low_E": low_E, "rotated": cfg.position == "rope",
+            "chance_share": float(low_E.sum() / max(1, (freq_E >= 0).sum()))}
+
+
+def lowfreq_share(m_LHE, mask_LHE, low_E) -> list[float | None]:
+    """Per layer, the share of selected M mass that sits in low-frequency dims (None if nothing selected)."""
+    sel_LHE = np.where(mask_LHE, np.asarray(m_LHE, np.float64), 0.0)
+    total_L, low_L = sel_LHE.sum((1, 2)), sel_LHE[..., np.asarray(low_E)].sum((1, 2))
+    return [float(lo / t) if t > 0 else None for lo, t in zip(low_L, total_L)]
+
+
+def concentration(m_LHE, freq_E) -> tuple[list[float], list[int]]:
+    """Per layer: the share of heads whose top dim falls in the layer's most common frequency index,
+    and that index (unrotated dims count as their own index, head_dim + j)."""
+    freq_E = np.asarray(freq_E)
+    key_E = np.where(freq_E >= 0, freq_E, len(freq_E) + np.arange(len(freq_E)))
+    shares, modes = [], []
+    for top_H in topk_dims(m_LHE, 1)[..., 0]:
+        mode, count = Counter(key_E[top_H].tolist()).most_common(1)[0]
+        shares.append(count / len(top_H))
+        modes.append(int(mode))
+    return shares, modes
+
+
+def summarize(m_LHE, freq: dict, lam: float = 5.0, k: int = 1) -> dict:
+    """Per-layer metrics for one site; lists over layers, JSON-ready.
+
+    lowfreq_share uses the top-k selection (always defined: compare with freq["chance_share"]);
+    lowfreq_share_threshold uses the threshold rule and is None for layers with no massive entry."""
+    ratio_LHE = head_ratio(m_LHE)
+    thr_LHE = ratio_LHE > lam
+    conc, mode = concentration(m_LHE, freq["freq_E"])
+    return {
+        "top1_dims": topk_dims(m_LHE, 1)[..., 0].tolist(),
+        "topk_dims": topk_dims(m_LHE, k).tolist(),
+        "massive_count": thr_LHE.sum((1, 2)).tolist(),
+        "max_ratio": ratio_LHE.max((1, 2)).tolist(),
+        "concentration": conc,
+        "top_freq_index": mode,
+        "lowfreq_share": lowfreq_share(m_LHE, topk_mask(m_LHE, k), freq["low_E"]),
+        "lowfreq_share_threshold": lowfreq_share(m_LHE, thr_LHE, freq["low_E"]),
+    }

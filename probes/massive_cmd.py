@@ -1,0 +1,164 @@
+"""`python -m probes massive`: norm matrices of Q, K, V for a model and prompts, written as npz, json,
+figures and index.html."""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from minimal_lm import ModelConfig, init_params
+from probes import figures, prompts
+from probes.html import Figure, Section, Table, write_index
+from probes.massive import PROBE_SITES, check_sites, frequency_map, norm_matrices, summarize
+
+PITFALL = ("After RoPE, per-dim norms lean toward low-frequency dims even in an untrained model (a fast pair "
+           "spreads its mass over both of its dims, a slow pair keeps it where it was), so read the low-frequency "
+           "share of q and k against q_pre and k_pre and against the random-init dots before calling it learned.")
+
+
+def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_dir, *, sites=PROBE_SITES,
+                   lam: float = 5.0, k: int = 1, layers=None, batch_size: int = 8, pad_id: int = 0,
+                   init_baseline: bool = False, seed: int = 0, source: str = "", progress: bool = True) -> dict:
+    """Measure M for every layer and site, write massive.npz, massive.json, PNG figures and index.html
+    into out_dir, and return the JSON record."""
+    sites = check_sites(sites)
+    layers = check_layers(layers, cfg.num_layers)
+    if k < 1 or k > cfg.dim_per_head:
+        raise ValueError(f"top-k={k}: expected 1 <= k <= head_dim={cfg.dim_per_head}")
+    if not lam > 0:
+        raise ValueError(f"lambda={lam}: expected a positive number")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def measure(p, desc_progress):
+        batches = prompts.left_padded_batches(token_lists, batch_size, pad_id)
+        return norm_matrices(p, cfg, batches, sites, total=prompts.num_batches(len(token_lists), batch_size),
+                             progress=desc_progress)
+
+    ms, n_tokens = measure(params, progress)
+    np.savez(out / "massive.npz", **ms)
+    freq = frequency_map(cfg)
+    record = {
+        "model": {"source": str(source), "rotation": "rope" if freq["rotated"] else "none",
+                  "position": cfg.position, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+                  "num_kv_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "rotary_dim": cfg.rotary_dim},
+        "settings": {"sites": list(sites), "lambda": lam, "top_k": k, "layers": layers,
+                     "prompts": len(token_lists), "tokens": n_tokens, "batch_size": batch_size},
+        "frequency": {"freq_index": freq["freq_E"].tolist(), "lowfreq_dims": np.flatnonzero(freq["low_E"]).tolist(),
+                      "chance_share": freq["chance_share"],
+                      "note": ("rotate_half layout: dim j has frequency index j mod rotary_dim/2, -1 if unrotated; "
+                               "the low-frequency quarter is the largest indices")
+                      + ("" if freq["rotated"] else "; this model has no rotation: the same map is reported "
+                         "for comparison with RoPE models")},
+    }
+    summaries = {site: summarize(ms[site], freq, lam, k) for site in sites}
+    record.update(summaries)
+    baseline = None
+    if init_baseline:
+        m0, _ = measure(init_params(cfg, jax.random.PRNGKey(seed)), False)
+        baseline = {site: summarize(m0[site], freq, lam, k) for site in sites}
+        record["init_baseline"] = {"seed": seed, "init_std": cfg.init_std, **{
+            site: {key: baseline[site][key] for key in ("lowfreq_share", "massive_count", "max_ratio")}
+            for site in sites}}
+    (out / "massive.json").write_text(json.dumps(record, indent=1))
+    _figures_and_html(out, ms, record, summaries, baseline, freq)
+    return record
+
+
+def check_layers(layers, num_layers: int) -> list[int]:
+    if layers is None:
+        return sorted({0, num_layers // 2, num_layers - 1})
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"layers={','.join(map(str, layers))}: layer(s) {bad} out of range 0..{num_layers - 1}")
+    return list(layers)
+
+
+def _figures_and_html(out, ms, record, summaries, baseline, freq):
+    rotated, sites, layers = freq["rotated"], record["settings"]["sites"], record["settings"]["layers"]
+    low_E = freq["low_E"] if rotated else None
+    figs = [Figure(figures.heads_dims(ms, i, out / f"heads_dims_layer{i}.png", rotated=rotated, low_E=low_E).name,
+                   f"Layer {i}: M[head, dim] per site (red marks: lowest-frequency quarter)") for i in layers]
+    summary_figs = [
+        Figure(figures.layers_dims(ms, out / "layers_dims.png", rotated=rotated).name,
+               "Per layer and dim: M over its head mean, averaged over heads."),
+        Figure(figures.lowfreq_bars(summaries, out / "lowfreq_share.png", chance=freq["chance_share"],
+                                    baseline=baseline, rotated=rotated).name,
+               "Share of top-k mass in the lowest-frequency quarter; dashed: chance."),
+    ]
+    s = record["settings"]
+    tables = [Table(["layer", "massive", "max ratio", "concentration", "top freq", "low-freq share",
+                     "share (init)", "top-1 dims (count)"],
+                    [[i, summaries[site]["massive_count"][i], summaries[site]["max_ratio"][i],
+                      summaries[site]["concentration"][i], summaries[site]["top_freq_index"][i],
+                      summaries[site]["lowfreq_share"][i],
+                      baseline[site]["lowfreq_share"][i] if baseline else None,
+                      _top_dims(summaries[site]["top1_dims"][i])] for i in range(len(summaries[site]["max_ratio"]))],
+                    caption=site) for site in sites]
+    intro = [f"Model: {record['model']['source']} ({record['model']['num_layers']} layers, "
+             f"{record['model']['num_heads']} heads, {record['model']['num_kv_heads']} KV heads, head_dim "
+             f"{record['model']['head_dim']}, rotation: {record['model']['rotation']}).",
+             f"{s['prompts']} prompts, {s['tokens']} tokens. Massive: M > {s['lambda']} x head mean "
+             f"(count per layer); top-k = {s['top_k']} per head for the low-frequency share.", PITFALL]
+    write_index(out, "Massive values in Q, K and V", [
+        Section("Heads x head dim", figures=figs),
+        Section("Summary", figures=summary_figs),
+        Section("Numbers per layer", paragraphs=[
+            "concentration: share of heads whose top dim has the layer's most common frequency index "
+            "(top freq); max ratio: largest M over its head mean."], tables=tables),
+    ], intro=intro)
+
+
+def _top_dims(top_H) -> str:
+    return ", ".join(f"{d}×{c}" for d, c in Counter(top_H).most_common(3))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("massive", help="massive values in Q, K, V per layer and head",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="HF checkpoint directory or run directory")
+    p.add_argument("--out", required=True, help="output directory")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text-file", help="plain text; each paragraph (blank-line separated) is a prompt")
+    src.add_argument("--prompts", help='JSONL: a string, or {"prompt"|"messages"|"tokens": ...} per line')
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template")
+    p.add_argument("--sites", default=",".join(PROBE_SITES), help=f"comma list of {', '.join(PROBE_SITES)}")
+    p.add_argument("--lambda", dest="lam", type=float, default=5.0, help="threshold: M > lambda * head mean")
+    p.add_argument("--top-k", type=int, default=1, help="top-k dims per head")
+    p.add_argument("--layers", default=None, help="layers to draw (comma list); default first, middle, last")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-len", type=int, default=None, help="truncate prompts (default: model max_seq_len)")
+    p.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
+    p.add_argument("--init-baseline", action="store_true",
+                   help="also measure a random-init model of the same config on the same prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from minimal_lm import from_pretrained
+
+    try:
+        layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    except ValueError:
+        raise SystemExit(f"--layers={args.layers!r}: expected comma-separated integers") from None
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size={args.batch_size}: expected a positive integer")
+    cfg, params, tokenizer = from_pretrained(args.model, dtype=args.dtype)
+    items = (prompts.read_text_file(args.text_file) if args.text_file else
+             prompts.read_jsonl(args.prompts) if args.prompts else list(prompts.DEFAULT_PROMPTS))
+    token_lists = prompts.encode(items, tokenizer, chat=args.chat, max_len=args.max_len or cfg.max_seq_len,
+                                 vocab_size=cfg.vocab_size)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    record = massive_report(params, cfg, token_lists, args.out, sites=args.sites.split(","), lam=args.lam,
+                            k=args.top_k, layers=layers, batch_size=args.batch_size,
+                            pad_id=0 if pad_id is None else pad_id, init_baseline=args.init_baseline,
+                            seed=args.seed, source=args.model)
+    for site in record["settings"]["sites"]:
+        share = [None if x is None else round(x, 2) for x in record[site]["lowfreq_share"]]
+        print(f"{site:6s} massive per layer {record[site]['massive_count']}  low-freq share {share}")
+    print(f"wrote {Path(args.out) / 'index.html'}")
