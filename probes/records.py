@@ -1,0 +1,96 @@
+"""Probe records over training: one file per probed step in RUN_DIR/probes/, written atomically.
+
+Each record holds the step, the tokens seen, the norm matrices M [layers, heads, head_dim] per site and
+their summary metrics (probes.massive.summarize). A record is written to a temporary file and renamed,
+so a crash never leaves a half-written record; writing a step again replaces it, so a resumed run
+continues the series without duplicates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from minimal_lm import ModelConfig
+from probes.massive import PROBE_SITES, frequency_map, sum_squares, summarize
+
+_NAME = re.compile(r"^step_(\d{8,})\.npz$")
+
+
+class Record(NamedTuple):
+    step: int
+    tokens_seen: int
+    norms: dict  # site -> float32 [L, heads, head_dim]
+    summary: dict  # site -> per-layer metrics
+
+
+def record_dir(run_dir) -> Path:
+    return Path(run_dir) / "probes"
+
+
+def write_record(run_dir, record: Record) -> Path:
+    out = record_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step_{record.step:08d}.npz"
+    tmp = out / f".tmp_{os.getpid()}_{path.name}"
+    meta = {"step": record.step, "tokens_seen": record.tokens_seen, "summary": record.summary}
+    with open(tmp, "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)), **{s: np.asarray(m, np.float32) for s, m in record.norms.items()})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_records(run_dir) -> list[Record]:
+    """All complete records, sorted by step. An unreadable record is skipped with a warning naming it."""
+    records = []
+    for path in sorted(record_dir(run_dir).glob("step_*.npz")):
+        if not _NAME.match(path.name):
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["__meta__"]))
+                norms = {k: z[k] for k in z.files if k != "__meta__"}
+            records.append(Record(int(meta["step"]), int(meta["tokens_seen"]), norms, meta["summary"]))
+        except Exception as e:  # a damaged file must not hide the rest of the series
+            warnings.warn(f"skipping unreadable probe record {path}: {e}")
+    return sorted(records, key=lambda r: r.step)
+
+
+def drop_after(run_dir, step: int) -> list[int]:
+    """Remove records past `step` (a run resumed from an earlier checkpoint recomputes them)."""
+    dropped = []
+    for path in record_dir(run_dir).glob("step_*.npz"):
+        m = _NAME.match(path.name)
+        if m and int(m.group(1)) > step:
+            path.unlink()
+            dropped.append(int(m.group(1)))
+    return sorted(dropped)
+
+
+class TrainingProbe:
+    """Norm matrices of a fixed probe batch, computed in one jitted forward and saved as a record."""
+
+    def __init__(self, cfg: ModelConfig, tokens_BT, mask_BT=None, sites=PROBE_SITES, lam: float = 5.0, k: int = 1):
+        self.cfg, self.sites, self.lam, self.k = cfg, tuple(sites), lam, k
+        self.tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+        self.mask_BT = jnp.ones(self.tokens_BT.shape, bool) if mask_BT is None else jnp.asarray(mask_BT, bool)
+        self.freq = frequency_map(cfg)
+
+    def measure(self, params, step: int, tokens_seen: int) -> Record:
+        sq = sum_squares(params, self.tokens_BT, self.mask_BT, self.cfg, self.sites)
+        norms = {s: np.sqrt(np.asarray(sq[s], np.float64)).astype(np.float32) for s in self.sites}
+        summary = {s: summarize(norms[s], self.freq, self.lam, self.k) for s in self.sites}
+        return Record(int(step), int(tokens_seen), norms, summary)
+
+    def __call__(self, run_dir, params, step: int, tokens_seen: int) -> Record:
+        record = self.measure(params, step, tokens_seen)
+        write_record(run_dir, record)
+        return record
