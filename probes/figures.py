@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from probes.massive import head_ratio  # noqa: E402
@@ -34,6 +35,7 @@ def heads_dims(ms: dict, layer: int, path, *, rotated: bool = True, low_E=None):
         im = ax.imshow(m_HE.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
         ax.set_title(f"{_title(site, rotated)}, layer {layer}", fontsize=9)
         ax.set_xlabel("head")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("head dim")
         if low_E is not None:
             for d in np.flatnonzero(low_E):
@@ -54,6 +56,7 @@ def layers_dims(ms: dict, path, *, rotated: bool = True):
         ax.set_title(_title(site, rotated), fontsize=9)
         ax.set_xlabel("layer")
         ax.set_ylabel("head dim")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="M / head mean (avg over heads)")
     fig.tight_layout()
     return _save(fig, path)
@@ -65,7 +68,7 @@ def lowfreq_bars(summaries: dict, path, *, chance: float, baseline: dict | None 
     sites = list(summaries)
     n_layers = len(next(iter(summaries.values()))["lowfreq_share"])
     width = 0.8 / len(sites)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * n_layers * len(sites) ** 0.5 + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(5.0, 0.12 * n_layers * len(sites) + 2)), 3.4))
     x = np.arange(n_layers)
     for i, site in enumerate(sites):
         share = [np.nan if s is None else s for s in summaries[site]["lowfreq_share"]]
@@ -77,9 +80,10 @@ def lowfreq_bars(summaries: dict, path, *, chance: float, baseline: dict | None 
     ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance ({chance:.2f})")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("low-frequency share")
     ax.set_title("share of top-k mass in the lowest-frequency quarter" + (" (dots: random init)" if baseline else ""),
                  fontsize=9)
-    ax.legend(fontsize=7, ncol=min(3, len(sites) + 1))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)

@@ -22,9 +22,10 @@ PITFALL = ("After RoPE, per-dim norms lean toward low-frequency dims even in an 
 
 def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_dir, *, sites=PROBE_SITES,
                    lam: float = 5.0, k: int = 1, layers=None, batch_size: int = 8, pad_id: int = 0,
-                   init_baseline: bool = False, seed: int = 0, source: str = "", progress: bool = True) -> dict:
+                   init_baseline: bool = False, seed: int = 0, source: str = "", settings: dict | None = None,
+                   progress: bool = True) -> dict:
     """Measure M for every layer and site, write massive.npz, massive.json, PNG figures and index.html
-    into out_dir, and return the JSON record."""
+    into out_dir, and return the JSON record. `settings` are recorded with the ones used here."""
     sites = check_sites(sites)
     layers = check_layers(layers, cfg.num_layers)
     if k < 1 or k > cfg.dim_per_head:
@@ -47,7 +48,7 @@ def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_d
                   "position": cfg.position, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                   "num_kv_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "rotary_dim": cfg.rotary_dim},
         "settings": {"sites": list(sites), "lambda": lam, "top_k": k, "layers": layers,
-                     "prompts": len(token_lists), "tokens": n_tokens, "batch_size": batch_size},
+                     "prompts": len(token_lists), "tokens": n_tokens, "batch_size": batch_size, **(settings or {})},
         "frequency": {"freq_index": freq["freq_E"].tolist(), "lowfreq_dims": np.flatnonzero(freq["low_E"]).tolist(),
                       "chance_share": freq["chance_share"],
                       "note": ("rotate_half layout: dim j has frequency index j mod rotary_dim/2, -1 if unrotated; "
@@ -59,7 +60,7 @@ def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_d
     record.update(summaries)
     baseline = None
     if init_baseline:
-        m0, _ = measure(init_params(cfg, jax.random.PRNGKey(seed)), False)
+        m0, _ = measure(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed)), False)
         baseline = {site: summarize(m0[site], freq, lam, k) for site in sites}
         record["init_baseline"] = {"seed": seed, "init_std": cfg.init_std, **{
             site: {key: baseline[site][key] for key in ("lowfreq_share", "massive_count", "max_ratio")}
@@ -145,19 +146,21 @@ def run(args) -> None:
     try:
         layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
     except ValueError:
-        raise SystemExit(f"--layers={args.layers!r}: expected comma-separated integers") from None
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size={args.batch_size}: expected a positive integer")
+        raise ValueError(f"--layers={args.layers!r}: expected comma-separated integers") from None
+    if args.batch_size < 1 or (args.max_len is not None and args.max_len < 1):
+        raise ValueError(f"--batch-size={args.batch_size}, --max-len={args.max_len}: expected positive integers")
     cfg, params, tokenizer = from_pretrained(args.model, dtype=args.dtype)
     items = (prompts.read_text_file(args.text_file) if args.text_file else
              prompts.read_jsonl(args.prompts) if args.prompts else list(prompts.DEFAULT_PROMPTS))
-    token_lists = prompts.encode(items, tokenizer, chat=args.chat, max_len=args.max_len or cfg.max_seq_len,
-                                 vocab_size=cfg.vocab_size)
+    max_len = args.max_len or cfg.max_seq_len
+    token_lists = prompts.encode(items, tokenizer, chat=args.chat, max_len=max_len, vocab_size=cfg.vocab_size)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     record = massive_report(params, cfg, token_lists, args.out, sites=args.sites.split(","), lam=args.lam,
                             k=args.top_k, layers=layers, batch_size=args.batch_size,
                             pad_id=0 if pad_id is None else pad_id, init_baseline=args.init_baseline,
-                            seed=args.seed, source=args.model)
+                            seed=args.seed, source=args.model, settings={
+                                "max_len": max_len, "chat": args.chat, "dtype": cfg.dtype,
+                                "prompt_source": args.text_file or args.prompts or "built-in prompts"})
     for site in record["settings"]["sites"]:
         share = [None if x is None else round(x, 2) for x in record[site]["lowfreq_share"]]
         print(f"{site:6s} massive per layer {record[site]['massive_count']}  low-freq share {share}")
