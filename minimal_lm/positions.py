@@ -10,7 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from minimal_lm.config import ModelConfig
+from minimal_lm.config import ConfigError, Llama3Scaling, ModelConfig
 
 
 class Position:
@@ -33,6 +33,10 @@ class Position:
     @staticmethod
     def bias(cfg: ModelConfig, q_positions_BT, k_positions_BS):
         return None
+
+    @classmethod
+    def to_hf(cls, cfg: ModelConfig) -> dict:
+        raise ConfigError(f"position={cfg.position!r} has no Hugging Face Llama equivalent; only 'rope' exports")
 
 
 class NoPE(Position):
@@ -99,6 +103,17 @@ class Rope(Position):
         rot = rot * cos + _rotate_half(rot) * sin
         return jnp.concatenate([rot, rest], axis=-1) if rest.shape[-1] else rot
 
+    @classmethod
+    def to_hf(cls, cfg):
+        if cfg.rope_fraction != 1.0:
+            raise ConfigError(f"rope_fraction={cfg.rope_fraction}: HF Llama rotates whole heads; only 1.0 exports")
+        s = cfg.rope_scaling
+        scaling = None if s is None else {
+            "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings}
+        params = {"rope_theta": cfg.rope_theta, **(scaling or {"rope_type": "default"})}
+        return {"rope_theta": cfg.rope_theta, "rope_scaling": scaling, "rope_parameters": params}
+
 
 def alibi_slopes(num_heads: int):
     """Per-head slopes of Press et al. (2022), including head counts that are not a power of two."""
@@ -130,3 +145,50 @@ SCHEMES: dict[str, type[Position]] = {"rope": Rope, "none": NoPE, "learned": Lea
 
 def scheme(cfg: ModelConfig) -> type[Position]:
     return SCHEMES[cfg.position]
+
+
+# Hugging Face config <-> scheme, levanter-style: one reader per HF rope_type, one writer per scheme.
+
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+HF_ROPE_TYPES = {
+    "default": ((), lambda p: {}),
+    "llama3": (_LLAMA3_KEYS, lambda p: {"rope_scaling": Llama3Scaling(**{k: p[k] for k in _LLAMA3_KEYS})}),
+}
+"""HF rope_type -> (the rope parameter keys it needs, reader of those into ModelConfig fields)."""
+
+
+def rope_from_hf(hf: dict, where: str = "config.json") -> dict:
+    """ModelConfig fields (position, rope_theta, rope_scaling) from an HF config's `rope_parameters`
+    (transformers v5) or `rope_theta` + `rope_scaling` (v4). Unknown rope types or keys raise."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: {key}={params!r}: expected a mapping")
+    if any(isinstance(v, dict) for v in params.values()):
+        raise ConfigError(f"{where}: {key} has per-layer-type rope settings ({', '.join(params)}); not supported")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in HF_ROPE_TYPES:
+        raise ConfigError(f"{where}: {key}.rope_type={rope_type!r} is not supported; "
+                          f"supported: {', '.join(HF_ROPE_TYPES)}")
+    known, read = HF_ROPE_TYPES[rope_type]
+    missing = [k for k in known if k not in params]
+    if missing:
+        raise ConfigError(f"{where}: {key} with rope_type {rope_type!r} needs {', '.join(missing)}")
+    harmless = {"rope_type", "type", "rope_theta"}
+    if params.get("attention_factor", 1.0) == 1.0:
+        harmless.add("attention_factor")
+    if params.get("partial_rotary_factor", 1.0) == 1.0:
+        harmless.add("partial_rotary_factor")
+    unknown = sorted(set(params) - harmless - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: {key} key(s) {', '.join(unknown)} (rope_type {rope_type!r}) change the "
+                          "rotation and are not supported")
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return {"position": "rope", "rope_theta": float(theta), **read(params)}
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict:
+    """The rope keys of an HF Llama config.json, in both the v5 (`rope_parameters`) and v4
+    (`rope_theta`, `rope_scaling`) spellings so either version reads the same rotation."""
+    return scheme(cfg).to_hf(cfg)
+

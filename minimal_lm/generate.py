@@ -1,0 +1,100 @@
+"""Batched generation: left-padded prompts, a static-shape KV cache, one jit for prefill + decode loop.
+
+The intervention hook can act on the prompt only ("prefill", the paper's scope: the cached prompt
+keys are the ablated ones), on generated tokens only ("decode"), or on both ("all").
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minimal_lm.config import ModelConfig
+from minimal_lm.model import forward, init_cache
+
+SCOPES = ("all", "prefill", "decode")
+_BUCKET = 32
+
+
+def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_tokens: int, *, eos_ids=(),
+             temperature: float = 0.0, top_k: int = 0, seed: int = 0, intervention=None,
+             intervene_on: str = "all") -> list[list[int]]:
+    """New tokens for each prompt, up to and including the first EOS (at most max_new_tokens).
+
+    Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted to the
+    top_k logits when top_k > 0. Prompts are left-padded to a multiple of 32 tokens so that nearby
+    lengths share one compiled program; padding never changes the result.
+    """
+    if intervene_on not in SCOPES:
+        raise ValueError(f"intervene_on={intervene_on!r}: expected one of {', '.join(SCOPES)}")
+    if not prompts_tokens or any(len(p) == 0 for p in prompts_tokens):
+        raise ValueError("prompts_tokens: expected a non-empty list of non-empty token lists")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
+    if temperature < 0 or top_k < 0:
+        raise ValueError(f"temperature={temperature}, top_k={top_k}: expected non-negative values")
+    longest = max(len(p) for p in prompts_tokens)
+    if longest + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds "
+                         f"max_seq_len={cfg.max_seq_len}")
+    bad = [t for p in prompts_tokens for t in p if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {cfg.vocab_size})")
+    P = -(-longest // _BUCKET) * _BUCKET
+    tokens_BP = np.zeros((len(prompts_tokens), P), np.int32)
+    mask_BP = np.zeros((len(prompts_tokens), P), bool)
+    for b, p in enumerate(prompts_tokens):
+        tokens_BP[b, P - len(p):], mask_BP[b, P - len(p):] = p, True
+    prefill_iv = intervention if intervene_on in ("all", "prefill") else None
+    decode_iv = intervention if intervene_on in ("all", "decode") else None
+    out_BN, lengths_B = _generate(
+        params, jnp.asarray(tokens_BP), jnp.asarray(mask_BP), jax.random.PRNGKey(seed), cfg=cfg,
+        max_new_tokens=max_new_tokens, eos_ids=tuple(int(e) for e in eos_ids), temperature=float(temperature),
+        top_k=int(top_k), prefill_iv=prefill_iv, decode_iv=decode_iv)
+    out_BN, lengths_B = np.asarray(out_BN), np.asarray(lengths_B)
+    return [out_BN[b, :lengths_B[b]].tolist() for b in range(len(prompts_tokens))]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "temperature", "top_k",
+                                             "prefill_iv", "decode_iv"))
+def _generate(params, tokens_BP, mask_BP, key, *, cfg, max_new_tokens, eos_ids, temperature, top_k,
+              prefill_iv, decode_iv):
+    B, P = tokens_BP.shape
+    eos_E = jnp.array(eos_ids or (-1,), jnp.int32)
+    cache = init_cache(cfg, B, P + max_new_tokens)
+    out = forward(params, tokens_BP, cfg, mask_BT=mask_BP, cache=cache, intervention=prefill_iv, last_only=True)
+    key, sub = jax.random.split(key)
+    tok_B = _sample(out.logits[:, -1], sub, temperature, top_k)
+    out_BN = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(tok_B)
+    done_B = jnp.isin(tok_B, eos_E)
+    pos_B = mask_BP.sum(axis=1).astype(jnp.int32)
+
+    def cond(state):
+        step, _, _, _, done_B, _, _, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(state):
+        step, cache, tok_B, pos_B, done_B, out_BN, len_B, key = state
+        o = forward(params, tok_B[:, None], cfg, positions_BT=pos_B[:, None], cache=cache, intervention=decode_iv,
+                    last_only=True)
+        key, sub = jax.random.split(key)
+        nxt_B = _sample(o.logits[:, -1], sub, temperature, top_k)
+        out_BN = jax.lax.dynamic_update_slice(out_BN, nxt_B[:, None], (0, step))
+        len_B = len_B + (~done_B).astype(jnp.int32)
+        return step + 1, o.cache, nxt_B, pos_B + 1, done_B | jnp.isin(nxt_B, eos_E), out_BN, len_B, key
+
+    state = (jnp.int32(1), out.cache, tok_B, pos_B, done_B, out_BN, jnp.ones((B,), jnp.int32), key)
+    state = jax.lax.while_loop(cond, body, state)
+    return state[5], state[6]
+
+
+def _sample(logits_BV, key, temperature, top_k):
+    if temperature == 0.0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logits_BV = logits_BV / temperature
+    if top_k:
+        kth_B1 = jax.lax.top_k(logits_BV, min(top_k, logits_BV.shape[-1]))[0][:, -1:]
+        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
