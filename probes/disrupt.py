@@ -1,0 +1,309 @@
+"""Disruption of massive values in Q and K, as values that plug into the model's intervention hook.
+
+For example b and head h, M[b, h, d] = L2 norm of X[b, :, h, d] over b's valid tokens (Jin et al. 2025).
+The selected dims of each (b, h) -- massive: the top-k of M (the authors' code) or M > lam * mean_d M (their
+text); non-massive: the k smallest, or as many smallest as the threshold marks massive -- have their whole
+column over valid tokens replaced by one value: the column's mean over valid tokens, zero, its max or min.
+
+A `Disruption` is a frozen dataclass: compare it, print it (`describe()`), save it (`to_dict()`), and chain it
+with other hooks and captures (`chain(a, b, tap(...))` or `a + b`). Its `scope` says when generation applies
+it: "prefill" (the prompt only, so cached prompt keys are ablated and generated tokens are not) or "all".
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+HEAD_SITES = ("q", "k", "q_pre", "k_pre", "v")
+SELECT = ("massive", "non_massive")
+REPLACE = ("mean", "zero", "max", "min")
+SCOPES = ("prefill", "all")
+
+
+def column_norms(x_BTHE, mask_BT) -> jax.Array:
+    """M[b, h, d]: L2 norm over b's valid tokens, float32 [B, heads, head_dim]."""
+    x_BTHE = x_BTHE.astype(jnp.float32)
+    w_BT = mask_BT.astype(jnp.float32)
+    return jnp.sqrt(jnp.einsum("bthe,bt->bhe", x_BTHE * x_BTHE, w_BT))
+
+
+def select_dims(m_BHE, select: str = "massive", k: int | None = 1, lam: float | None = None) -> jax.Array:
+    """Boolean [B, heads, head_dim] of chosen dims. Ties go to the lower dim index."""
+    E = m_BHE.shape[-1]
+    if lam is not None:
+        massive_BHE = m_BHE > lam * jnp.mean(m_BHE, axis=-1, keepdims=True)
+        if select == "massive":
+            return massive_BHE
+        rank_BHE = jnp.argsort(jnp.argsort(m_BHE, axis=-1, stable=True), axis=-1, stable=True)
+        return rank_BHE < massive_BHE.sum(-1, keepdims=True)
+    if not k:
+        return jnp.zeros(m_BHE.shape, bool)
+    _, idx_BHk = jax.lax.top_k(m_BHE if select == "massive" else -m_BHE, k)
+    return jnp.any(idx_BHk[..., None] == jnp.arange(E), axis=-2)
+
+
+def replacement(x_BTHE, mask_BT, how: str = "mean") -> jax.Array:
+    """One value per column over valid tokens, float32 [B, heads, head_dim]."""
+    x_BTHE = x_BTHE.astype(jnp.float32)
+    valid_BT11 = mask_BT[:, :, None, None]
+    if how == "mean":
+        n_B11 = jnp.maximum(mask_BT.sum(1), 1)[:, None, None]
+        return jnp.where(valid_BT11, x_BTHE, 0.0).sum(1) / n_B11
+    if how == "zero":
+        return jnp.zeros(x_BTHE.shape[:1] + x_BTHE.shape[2:], jnp.float32)
+    if how == "max":
+        return jnp.where(valid_BT11, x_BTHE, -jnp.inf).max(1)
+    if how == "min":
+        return jnp.where(valid_BT11, x_BTHE, jnp.inf).min(1)
+    raise ValueError(f"replace={how!r}: expected one of {', '.join(REPLACE)}")
+
+
+def ablate(x_BTHE, mask_BT=None, *, select="massive", k=1, lam=None, replace="mean") -> jax.Array:
+    """x with the selected columns of each example and head replaced over its valid tokens."""
+    mask_BT = jnp.ones(x_BTHE.shape[:2], bool) if mask_BT is None else mask_BT.astype(bool)
+    sel_BHE = select_dims(column_norms(x_BTHE, mask_BT), select, k, lam)
+    value_BHE = replacement(x_BTHE, mask_BT, replace).astype(x_BTHE.dtype)
+    write_BTHE = sel_BHE[:, None] & mask_BT[:, :, None, None]
+    return jnp.where(write_BTHE, value_BHE[:, None], x_BTHE)
+
+
+def _tuple_of_str(name, value, allowed):
+    if isinstance(value, str):
+        value = tuple(s.strip() for s in value.split(",") if s.strip())
+    value = tuple(value)
+    bad = [s for s in value if s not in allowed]
+    if bad:
+        raise ValueError(f"{name}={','.join(map(str, value))!r}: {bad} not allowed; expected some of "
+                         f"{', '.join(allowed)}")
+    return value
+
+
+def _layers(value):
+    if value is None or value == "all":
+        return None
+    if isinstance(value, str):
+        try:
+            value = [int(s) for s in value.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"layers={value!r}: expected 'all' or comma-separated layer indices") from None
+    if isinstance(value, int):
+        value = (value,)
+    value = tuple(value)
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value):
+        raise ValueError(f"layers={value!r}: expected non-negative integer layer indices or None (all)")
+    return tuple(sorted(set(value)))
+
+
+def _in_layers(layer, layers):
+    if isinstance(layer, int):
+        return layer in layers
+    return jnp.isin(layer, jnp.asarray(layers))
+
+
+@dataclass(frozen=True)
+class Disruption:
+    """The paper's disruption as an intervention `(site, layer, x) -> x`. Defaults: the top-1 massive dim
+    per head of post-RoPE q and k, replaced by its mean, in every layer, at prefill."""
+
+    select: str = "massive"
+    k: int | None = None  # None: 1 unless lam is given
+    lam: float | None = None
+    replace: str = "mean"
+    sites: tuple[str, ...] = ("q", "k")
+    layers: tuple[int, ...] | None = None  # None: every layer
+    scope: str = "prefill"
+
+    def __post_init__(self):
+        if self.select not in SELECT:
+            raise ValueError(f"select={self.select!r}: expected one of {', '.join(SELECT)}")
+        if self.replace not in REPLACE:
+            raise ValueError(f"replace={self.replace!r}: expected one of {', '.join(REPLACE)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope={self.scope!r}: expected one of {', '.join(SCOPES)}")
+        if self.k is not None and self.lam is not None:
+            raise ValueError(f"k={self.k} and lam={self.lam}: give one selection rule, top-k or threshold")
+        if self.lam is None:
+            k = 1 if self.k is None else self.k
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"k={self.k!r}: expected a non-negative integer (dims per head)")
+            object.__setattr__(self, "k", k)
+        elif isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam > 0:
+            raise ValueError(f"lam={self.lam!r}: expected a positive number")
+        object.__setattr__(self, "sites", _tuple_of_str("sites", self.sites, HEAD_SITES))
+        object.__setattr__(self, "layers", _layers(self.layers))
+
+    def __call__(self, site: str, layer, x):
+        return self.apply(site, layer, x, None)
+
+    def apply(self, site: str, layer, x, mask_BT):
+        if site not in self.sites or self.k == 0:
+            return x
+        if self.layers is not None and isinstance(layer, int) and layer not in self.layers:
+            return x
+        if self.k is not None and self.k > x.shape[-1]:
+            raise ValueError(f"k={self.k}: more dims than head_dim={x.shape[-1]} at site {site!r}")
+        y = ablate(x, mask_BT, select=self.select, k=self.k, lam=self.lam, replace=self.replace)
+        return y if self.layers is None else jnp.where(_in_layers(layer, self.layers), y, x)
+
+    def bind(self, mask_BT) -> "Bound":
+        return Bound(self, mask_BT)
+
+    def describe(self) -> str:
+        if self.lam is not None:
+            rule = (f"massive dims (M > {self.lam:g} x head mean)" if self.select == "massive" else
+                    f"as many smallest-norm dims as are massive at lam={self.lam:g}")
+        else:
+            rule = f"top-{self.k} {'largest' if self.select == 'massive' else 'smallest'}-norm dims"
+        value = {"mean": "their mean", "zero": "zero", "max": "their max", "min": "their min"}[self.replace]
+        layers = "every layer" if self.layers is None else "layers " + ",".join(map(str, self.layers))
+        when = "prompt (prefill) only" if self.scope == "prefill" else "every forward"
+        sites = ", ".join(self.sites) or "no site"
+        return f"{self.select}: per example and head, {rule} of {sites} set to {value}; {layers}; {when}"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(sites=list(self.sites), layers=None if self.layers is None else list(self.layers))
+        return {"type": "disruption", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "disruption") -> "Disruption":
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names) - {"type"})
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+        try:
+            return cls(**{k: v for k, v in d.items() if k != "type"})
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    def __add__(self, other):
+        return chain(self, other)
+
+
+def disrupt(select: str = "massive", k: int | None = None, lam: float | None = None, replace: str = "mean",
+            sites=("q", "k"), layers=None, scope: str = "prefill") -> Disruption:
+    """The issue's spelling of `Disruption(...)`; sites may be "q,k" and layers "0,2" or "all"."""
+    return Disruption(select, k, lam, replace, sites, layers, scope)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A hook that has seen this forward's [B, T] mask of real tokens."""
+
+    hook: Any
+    mask_BT: Any = dataclasses.field(repr=False)
+
+    def __call__(self, site, layer, x):
+        return self.hook.apply(site, layer, x, self.mask_BT)
+
+    def describe(self) -> str:
+        return describe(self.hook)
+
+
+def bind(hook, mask_BT):
+    return hook.bind(mask_BT) if hasattr(hook, "bind") else hook
+
+
+def describe(hook) -> str:
+    return hook.describe() if hasattr(hook, "describe") else getattr(hook, "__name__", repr(hook))
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A named capture `(site, layer, x) -> pytree | None` for a chain: its results sit under `name`."""
+
+    name: str
+    fn: Callable
+
+    def bind(self, mask_BT) -> "Tap":
+        return Tap(self.name, bind(self.fn, mask_BT))
+
+    def describe(self) -> str:
+        return f"capture {self.name!r} ({describe(self.fn)})"
+
+
+def tap(name: str, fn: Callable) -> Tap:
+    return Tap(name, fn)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Interventions applied in order, plus captures that see each site after all of them (as forward's
+    capture does). Use it as the intervention, or spread `**chain.hooks()` into forward."""
+
+    steps: tuple = ()
+    taps: tuple[Tap, ...] = ()
+
+    def __call__(self, site, layer, x):
+        for step in self.steps:
+            x = step(site, layer, x)
+        return x
+
+    def bind(self, mask_BT) -> "Chain":
+        return Chain(tuple(bind(s, mask_BT) for s in self.steps), tuple(t.bind(mask_BT) for t in self.taps))
+
+    def capture(self, site, layer, x):
+        out = {t.name: r for t in self.taps if (r := t.fn(site, layer, x)) is not None}
+        return out or None
+
+    def hooks(self) -> dict:
+        """{"intervention": ..., "capture": ...} for forward; captured[site] is then {tap name: result}."""
+        return {"intervention": Chain(self.steps) if self.steps else None,
+                "capture": _ChainCapture(self) if self.taps else None}
+
+    @property
+    def scope(self) -> str:
+        """The one scope shared by the steps (hooks without one count as "all"); mixed scopes raise."""
+        scopes = {getattr(s, "scope", "all") for s in self.steps}
+        if len(scopes) > 1:
+            raise ValueError(f"chain mixes scopes {sorted(scopes)}; generation applies one scope to the whole chain")
+        return scopes.pop() if scopes else "all"
+
+    def describe(self) -> str:
+        parts = [describe(s) for s in self.steps] + [t.describe() for t in self.taps]
+        return " | then ".join(parts) if parts else "nothing"
+
+    def __add__(self, other):
+        return chain(self, other)
+
+
+@dataclass(frozen=True)
+class _ChainCapture:
+    chain: Chain
+
+    def bind(self, mask_BT):
+        return _ChainCapture(self.chain.bind(mask_BT))
+
+    def __call__(self, site, layer, x):
+        return self.chain.capture(site, layer, x)
+
+
+def chain(*hooks) -> Chain:
+    """Compose interventions (applied left to right) and taps; nested chains flatten."""
+    steps, taps = [], []
+    for h in hooks:
+        if isinstance(h, Chain):
+            steps += h.steps
+            taps += h.taps
+        elif isinstance(h, Tap):
+            taps.append(h)
+        elif h is not None:
+            steps.append(h)
+    return Chain(tuple(steps), tuple(taps))
+
+
+def for_phase(hook, phase: str):
+    """The part of a hook that runs in one phase of generation: "prefill" keeps everything, "decode" keeps
+    only steps whose scope is "all" (hooks without a scope count as "all"). None when nothing is left."""
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase={phase!r}: expected 'prefill' or 'decode'")
+    if hook is None or phase == "prefill":
+        return hook
+    if isinstance(hook, Chain):
+        kept = chain(*(s for s in hook.steps if getattr(s, "scope", "all") == "all"), *hook.taps)
+        return kept if kept.steps or kept.taps else None
+    return hook if getattr(hook, "scope", "all") == "all" else None
