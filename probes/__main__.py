@@ -15,6 +15,7 @@ def main(argv=None) -> int:
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def _figures_and_html(out, ms, record, summaries, baseline, freq):
         Section("Numbers per layer", paragraphs=[
             "concentration: share of heads whose top dim has the layer's most common frequency index "
             "(top freq); max ratio: largest M over its head mean."], tables=tables),
+        *([Section("Command", code=s["command"])] if s.get("command") else []),
     ], intro=intro)
 
 
@@ -160,7 +162,8 @@ def run(args) -> None:
                             pad_id=0 if pad_id is None else pad_id, init_baseline=args.init_baseline,
                             seed=args.seed, source=args.model, settings={
                                 "max_len": max_len, "chat": args.chat, "dtype": cfg.dtype,
-                                "prompt_source": args.text_file or args.prompts or "built-in prompts"})
+                                "prompt_source": args.text_file or args.prompts or "built-in prompts",
+                                "command": shlex.join(["python", "-m", "probes", *getattr(args, "argv", [])])})
     for site in record["settings"]["sites"]:
         share = [None if x is None else round(x, 2) for x in record[site]["lowfreq_share"]]
         print(f"{site:6s} massive per layer {record[site]['massive_count']}  low-freq share {share}")

@@ -57,17 +57,18 @@ def test_norm_matrices_match_numpy_reference(params, token_lists):
 
 
 def test_padding_does_not_contribute(params, token_lists):
-    one_batch = list(left_padded_batches(token_lists, batch_size=8, pad_id=0))
-    alone = [(np.array([t], np.int32), np.ones((1, len(t)), bool)) for t in token_lists]
-    ms_pad, _ = massive.norm_matrices(params, CFG, one_batch, progress=False)
-    ms_alone, _ = massive.norm_matrices(params, CFG, alone, progress=False)
-    tokens_BT, mask_BT = one_batch[0]
+    """A short and a long prompt left-padded together give the M of the two run alone, whatever the pad ids."""
+    pair = [token_lists[4], token_lists[1]]
+    [(tokens_BT, mask_BT)] = left_padded_batches(pair, batch_size=2, pad_id=0)
+    assert mask_BT.shape == (2, 16) and mask_BT.sum() == 3 + 16
+    alone = [(np.array([t], np.int32), np.ones((1, len(t)), bool)) for t in pair]
     other_pad = np.where(mask_BT, tokens_BT, CFG.vocab_size - 1)
+    ms_pad, _ = massive.norm_matrices(params, CFG, [(tokens_BT, mask_BT)], progress=False)
+    ms_alone, _ = massive.norm_matrices(params, CFG, alone, progress=False)
     ms_other, _ = massive.norm_matrices(params, CFG, [(other_pad, mask_BT)], progress=False)
     for site in massive.PROBE_SITES:
         np.testing.assert_allclose(ms_pad[site], ms_alone[site], rtol=1e-5, err_msg=site)
         np.testing.assert_allclose(ms_other[site], ms_pad[site], rtol=1e-6, err_msg=site)
-    assert mask_BT.shape == (8, 16) and mask_BT.sum() == sum(map(len, token_lists))
 
 
 def reference_threshold(m_LHE, lam):
