@@ -1,0 +1,129 @@
+"""The training loop: resume or start, step, log one step late (no host sync inside the step),
+evaluate, checkpoint, stop on a non-finite loss."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from minimal_lm.config import ConfigError
+from train import checkpoint
+from train.config import RunConfig
+from train.data import make_source
+from train.step import TrainState, init_state, schedule, steps
+
+Hook = Callable[[int, dict], "dict | None"]
+"""Called at each evaluation with (step, params); a returned dict is added to that metrics line."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
+    """Train `cfg` into run directory `out` (resuming from its latest checkpoint); returns the last
+    metrics line that has an eval_loss, plus "run_dir" and "step"."""
+    out, tc = Path(out), cfg.train
+    source = make_source(cfg.data)
+    if source.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary "
+                          f"({source.vocab_size} tokens); raise model.vocab_size")
+    checkpoint.open_run_dir(out, cfg)
+    source.save_tokenizer(out)
+    state = init_state(cfg.model, tc)
+    mngr = checkpoint.manager(out, cfg)
+    start = mngr.latest_step() or 0
+    if start:
+        state = checkpoint.restore(mngr, start, state)
+    else:
+        checkpoint.save(mngr, 0, state)
+    _truncate_metrics(out / "metrics.jsonl", start)
+    stop = min(tc.stop_after or tc.steps, tc.steps)
+    train_step, eval_loss = steps(cfg.model, tc)
+    eval_batches = [source.eval_batch(i, tc.batch_size, tc.seq_len) for i in range(tc.eval_batches)]
+    lr = schedule(tc)
+    log = _Log(out / "metrics.jsonl", tc.batch_size * tc.seq_len, tc.log_every)
+    bar = tqdm(total=stop, initial=start, unit="step", desc=out.name, disable=not tc.progress or start >= stop)
+    pending = None
+    try:
+        for step in range(start, stop):
+            state, metrics = train_step(state, source.batch(step, tc.batch_size, tc.seq_len))
+            if pending:
+                log.record(*pending, bar)
+            pending, done = (step + 1, metrics, float(lr(step))), step + 1
+            evaluate = done == stop or (tc.eval_every and done % tc.eval_every == 0)
+            save = done == stop or done % tc.checkpoint_every == 0
+            if evaluate or save:
+                extra = {}
+                log.check(*pending)
+                if evaluate:
+                    extra["eval_loss"] = float(np.mean([eval_loss(state.params, b) for b in eval_batches]))
+                    for hook in hooks:
+                        extra.update(hook(done, state.params) or {})
+                log.record(*pending, bar, extra)
+                pending = None
+                if save:
+                    checkpoint.save(mngr, done, state)
+    except NonFiniteLoss as e:
+        mngr.wait_until_finished()
+        raise NonFiniteLoss(f"{e}; stopped, last good checkpoint: step {mngr.latest_step()} in "
+                            f"{out / 'checkpoints'}") from None
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+    return summary(out)
+
+
+class _Log:
+    """Fetches each step's metrics one step late and appends lines to metrics.jsonl."""
+
+    def __init__(self, path: Path, tokens_per_step: int, every: int):
+        self.path, self.tokens_per_step, self.every = path, tokens_per_step, every
+        self.losses: list[float] = []
+        self.last_time, self.last_step = time.perf_counter(), None
+
+    def check(self, step, metrics, lr):
+        m = jax.device_get(metrics)
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: loss {m['loss']}, "
+                                f"grad norm {m['grad_norm']}")
+        return m
+
+    def record(self, step, metrics, lr, bar, extra=None):
+        m = self.check(step, metrics, lr)
+        self.losses.append(float(m["loss"]))
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", **({"eval": f"{extra['eval_loss']:.3f}"} if extra else {}))
+        if step % self.every and not extra:
+            return
+        now = time.perf_counter()
+        n = step - self.last_step if self.last_step is not None else len(self.losses)
+        line = {"step": step, "loss": float(np.mean(self.losses)), "lr": lr, "grad_norm": float(m["grad_norm"]),
+                "tokens_per_s": n * self.tokens_per_step / (now - self.last_time), **(extra or {})}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.losses, self.last_time, self.last_step = [], now, step
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines past the checkpoint a run resumes from (a killed run may have logged further)."""
+    if path.is_file():
+        lines = [s for s in path.read_text().splitlines() if s.strip() and json.loads(s)["step"] <= step]
+        path.write_text("".join(s + "\n" for s in lines))
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(s) for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
+
+
+def summary(out: str | Path) -> dict:
+    lines = read_metrics(out)
+    evals = [m for m in lines if "eval_loss" in m]
+    return {**(evals[-1] if evals else {}), "run_dir": str(out), "step": lines[-1]["step"] if lines else 0}
