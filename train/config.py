@@ -147,7 +147,7 @@ def _insert(changes, cls, parts, text, key, prefix=""):
         return
     sub = _dataclass_of(hint)
     if sub is None:
-        raise ConfigError(f"unknown key {key!r}: {prefix}{name} is a {_type_name(hint)}, it has no sub-keys")
+        raise ConfigError(f"unknown key {key!r}: {prefix}{name} ({_type_name(hint)}) has no sub-keys")
     if name in changes and not isinstance(changes[name], dict):
         raise ConfigError(f"{key}: {prefix}{name} is set both as a whole and by sub-keys")
     _insert(changes.setdefault(name, {}), sub, parts[1:], text, key, f"{prefix}{name}.")
