@@ -1,13 +1,16 @@
 """`python -m probes massive` end to end on a tiny HF Llama checkpoint with a planted massive dim."""
 import json
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
 import torch
 from hf_testlib import save, tiny_hf, tiny_tokenizer
 
+from minimal_lm import ModelConfig, init_params
 from probes.__main__ import main
+from probes.massive_cmd import massive_report
 from probes.massive import PROBE_SITES, threshold_mask, topk_dims
 from probes.prompts import DEFAULT_PROMPTS
 
@@ -94,3 +97,16 @@ def test_cli_bad_input_names_the_value(checkpoint, tmp_path, capsys, args, messa
     with pytest.raises(SystemExit) as e:
         main(["massive", "--model", str(checkpoint), "--out", str(tmp_path / "o"), *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_report_on_a_model_without_rotation_says_so(tmp_path):
+    """massive_report works on any params; for NoPE it keeps the RoPE index map and marks rotation none."""
+    cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, max_seq_len=32, position="none")
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    rec = massive_report(params, cfg, [[1, 2, 3, 4, 5], [7, 8, 9]], tmp_path, sites=("q", "q_pre", "v"),
+                         progress=False)
+    assert rec["model"]["rotation"] == "none" and "no rotation" in rec["frequency"]["note"]
+    assert rec["frequency"]["freq_index"] == list(range(8)) * 2 and rec["settings"]["tokens"] == 8
+    with np.load(tmp_path / "massive.npz") as z:
+        np.testing.assert_array_equal(z["q"], z["q_pre"])
+    assert "rotation: none" in (tmp_path / "index.html").read_text()
