@@ -155,15 +155,17 @@ def run(args) -> None:
     items = (prompts.read_text_file(args.text_file) if args.text_file else
              prompts.read_jsonl(args.prompts) if args.prompts else list(prompts.DEFAULT_PROMPTS))
     max_len = args.max_len or cfg.max_seq_len
-    token_lists = prompts.encode(items, tokenizer, chat=args.chat, max_len=max_len, vocab_size=cfg.vocab_size)
+    token_lists = prompts.encode(items, tokenizer, chat=args.chat, vocab_size=cfg.vocab_size)
+    truncated = sum(len(t) > max_len for t in token_lists)
+    token_lists = [t[:max_len] for t in token_lists]
+    settings = {"max_len": max_len, "truncated_prompts": truncated, "chat": args.chat, "dtype": cfg.dtype,
+                "prompt_source": args.text_file or args.prompts or "built-in prompts",
+                "command": shlex.join(["python", "-m", "probes", *getattr(args, "argv", [])])}
     pad_id = getattr(tokenizer, "pad_token_id", None)
     record = massive_report(params, cfg, token_lists, args.out, sites=args.sites.split(","), lam=args.lam,
                             k=args.top_k, layers=layers, batch_size=args.batch_size,
                             pad_id=0 if pad_id is None else pad_id, init_baseline=args.init_baseline,
-                            seed=args.seed, source=args.model, settings={
-                                "max_len": max_len, "chat": args.chat, "dtype": cfg.dtype,
-                                "prompt_source": args.text_file or args.prompts or "built-in prompts",
-                                "command": shlex.join(["python", "-m", "probes", *getattr(args, "argv", [])])})
+                            seed=args.seed, source=args.model, settings=settings)
     for site in record["settings"]["sites"]:
         share = [None if x is None else round(x, 2) for x in record[site]["lowfreq_share"]]
         print(f"{site:6s} massive per layer {record[site]['massive_count']}  low-freq share {share}")
