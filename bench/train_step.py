@@ -1,0 +1,191 @@
+"""Training step throughput: our model + optax AdamW vs HF LlamaForCausalLM + torch AdamW, same shape.
+
+Full shape (issue 7): GPT-2 124M (12 layers, d 768, 12 heads, seq 1024, vocab 50304, RoPE, tied), bf16
+compute with fp32 master params. Ours: jitted step with donated buffers, cuDNN attention on GPU, every
+combination of scan/unrolled layers and remat none/dots; the best is compared. Peer: sdpa, bf16
+autocast, torch.compile and fused AdamW on GPU. Both clip gradients to global norm 1.
+"""
+from __future__ import annotations
+
+import sys
+
+from common import H100_PEAK_FLOPS, Report, emit, full_mode, jax_sync, parser, run_side, summary, timed, \
+    torch_device, torch_sync
+
+VARIANTS = ("scan/none", "scan/dots", "unroll/none", "unroll/dots")
+
+
+def shape(full: bool, batch: int | None) -> dict:
+    if full:
+        s = dict(vocab=50304, d=768, layers=12, heads=12, kv_heads=12, mlp=2048, seq=1024, batch=16)
+    else:
+        s = dict(vocab=1024, d=128, layers=4, heads=4, kv_heads=4, mlp=384, seq=128, batch=8)
+    if batch:
+        s["batch"] = batch
+    return s
+
+
+def flops_per_token(n_params: int, s: dict) -> float:
+    """6N + 12*L*H*Q*T (PaLM appendix B; nanoGPT's estimate_mfu)."""
+    return 6 * n_params + 12 * s["layers"] * s["heads"] * (s["d"] // s["heads"]) * s["seq"]
+
+
+def schedule(full: bool) -> dict:
+    return dict(warmup=3, iters=10, repeats=3) if full else dict(warmup=4, iters=4, repeats=5)
+
+
+def ours(s: dict, full: bool, variants: list[str]) -> dict:
+    """Every variant in one process: results per variant."""
+    return {v: ours_variant(s, full, v) for v in variants}
+
+
+def ours_variant(s: dict, full: bool, variant: str) -> dict:
+    import jax
+
+    from minimal_lm import ModelConfig, count_params
+
+    gpu = jax.default_backend() == "gpu"
+    layers, remat = variant.split("/")
+    cfg = ModelConfig(vocab_size=s["vocab"], d_model=s["d"], num_layers=s["layers"], num_heads=s["heads"],
+                      num_kv_heads=s["kv_heads"], mlp_dim=s["mlp"], max_seq_len=s["seq"], tie_embeddings=True,
+                      dtype="bfloat16" if full else "float32", param_dtype="float32", remat=remat,
+                      scan_layers=layers == "scan", attention_impl="cudnn" if gpu and full else None)
+    tokens_BT = jax.random.randint(jax.random.key(1), (s["batch"], s["seq"] + 1), 0, s["vocab"])
+    try:
+        from train.config import TrainConfig
+        from train.step import init_state, steps
+
+        tc = TrainConfig(lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, progress=False)
+        train_step, _ = steps(cfg, tc)
+        state, source = [init_state(cfg, tc)], "train.step"
+
+        def one():
+            state[0], metrics = train_step(state[0], tokens_BT)
+            return metrics["loss"]
+    except ImportError:
+        train_step, state, source = local_step(cfg), list(local_state(cfg)), "local step (train.step missing)"
+
+        def one():
+            state[0], state[1], loss = train_step(state[0], state[1], tokens_BT)
+            return loss
+
+    n_params = count_params(state[0].params if source == "train.step" else state[0])
+    t = summary(timed(one, jax_sync, **schedule(full)))
+    return {**t, "n_params": n_params, "loss": float(one()), "step": source}
+
+
+def _optimizer():
+    import optax
+
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1))
+
+
+def local_state(cfg):
+    import jax
+
+    from minimal_lm import init_params
+
+    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
+    return params, _optimizer().init(params)
+
+
+def local_step(cfg):
+    """A jitted AdamW step with donated buffers, used when train.step is not there."""
+    import functools
+
+    import jax
+    import optax
+
+    from minimal_lm import forward
+
+    opt = _optimizer()
+
+    def loss_fn(params, tokens_BT):
+        logits_BTV = forward(params, tokens_BT[:, :-1], cfg).logits
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT[:, 1:]).mean()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, tokens_BT):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BT)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def peer(s: dict, full: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dev = torch_device()
+    cuda = dev.type == "cuda"
+    torch.manual_seed(0)
+    hf = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["d"], intermediate_size=s["mlp"],
+                     num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                     num_key_value_heads=s["kv_heads"], max_position_embeddings=s["seq"], rms_norm_eps=1e-5,
+                     tie_word_embeddings=True, attn_implementation="sdpa")
+    model = LlamaForCausalLM(hf).to(dev).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    fwd = torch.compile(model) if cuda else model
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
+    tokens = torch.randint(0, s["vocab"], (s["batch"], s["seq"] + 1), device=dev)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    bf16 = full and cuda
+
+    def one():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = fwd(input_ids=x, use_cache=False).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, s["vocab"]), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t = summary(timed(one, torch_sync, **schedule(full)))
+    return {**t, "n_params": n_params, "loss": float(one().detach())}
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--batch", type=int, help="override the batch size")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="ours: comma-separated layers/remat variants")
+    args = p.parse_args()
+    if args.side:
+        s = shape(not args.tiny, args.batch)
+        return emit(ours(s, not args.tiny, args.variants.split(",")) if args.side == "ours" else peer(s, not args.tiny))
+    full = full_mode(args)
+    s = shape(full, args.batch)
+    argv = (["--full"] if full else ["--tiny"]) + (["--batch", str(args.batch)] if args.batch else [])
+    tokens = s["batch"] * s["seq"]
+    rep = Report("Training step", full, f"{s}, dtype {'bf16 compute, fp32 params' if full else 'float32'}")
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"--variants: {', '.join(bad)} not among {', '.join(VARIANTS)}")
+    peer_r = run_side(__file__, "peer", argv)
+    peer_tps = tokens / peer_r["s"]
+    results = run_side(__file__, "ours", argv + ["--variants", args.variants])
+    results.pop("process_s")
+    for v in results:
+        rep.row(f"tokens/s, ours {v}", tokens / results[v]["s"], peer_tps, "tok/s")
+    best = min(results, key=lambda v: results[v]["s"])
+    ratio = rep.row(f"tokens/s, best ({best})", tokens / results[best]["s"], peer_tps, "tok/s")
+    n = results[best]["n_params"]
+    if n != peer_r["n_params"]:
+        rep.note(f"parameter counts differ: ours {n}, peer {peer_r['n_params']}")
+    if full:
+        f = flops_per_token(n, s)
+        rep.row("MFU (6N + 12LHQT, peak 989 TFLOP/s)", tokens / results[best]["s"] * f / H100_PEAK_FLOPS,
+                peer_tps * f / H100_PEAK_FLOPS, "fraction")
+        rep.note(f"target: >= 1.2x the peer and >= 550K tok/s on an H200; got {ratio:.2f}x, "
+                 f"{tokens / results[best]['s']:,.0f} tok/s")
+    spreads = [r["spread"] for r in [*results.values(), peer_r]]
+    rep.note(f"ours uses {results[best]['step']}")
+    rep.note(f"{n:,} params, {tokens} tokens per step; noise: repeats differ by up to {max(spreads):.0%}; "
+             f"final loss ours {results[best]['loss']:.3f}, peer {peer_r['loss']:.3f} (random tokens)")
+    rep.append(args.results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
