@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("probes.massive_cmd",)
+COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,129 @@
+"""`python -m probes disrupt` end to end on a tiny HF checkpoint, and the prefill scope through generate."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_testlib import save, tiny_hf, tiny_tokenizer
+
+from minimal_lm import forward, from_pretrained, generate, init_cache
+from probes.__main__ import main
+from probes.disrupt import disrupt
+from probes.experiment import load_config, modes_for
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    tiny_tokenizer(save(tiny_hf("llama", seed=0), path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    return from_pretrained(checkpoint)
+
+
+def _greedy_by_hand(params, cfg, prompt, steps, prefill_hook):
+    """Prefill with the hook, then decode one token at a time with no hook (the paper's scope)."""
+    step = jax.jit(lambda p, t, pos, c, hook=None: forward(p, t, cfg, positions_BT=pos, cache=c, intervention=hook,
+                                                           last_only=True), static_argnames="hook")
+    tokens = jnp.asarray([prompt], jnp.int32)
+    out = step(params, tokens, jnp.arange(len(prompt))[None], init_cache(cfg, 1, len(prompt) + steps), prefill_hook)
+    got = []
+    for t in range(steps):
+        got.append(int(jnp.argmax(out.logits[0, -1])))
+        out = step(params, jnp.asarray([[got[-1]]]), jnp.asarray([[len(prompt) + t]]), out.cache)
+    return got
+
+
+def test_generate_with_prefill_scope_equals_prefill_only_by_hand(loaded):
+    cfg, params, tok = loaded
+    prompt = tok.encode("The pass key is 12345. Remember it. The sky is blue. What is the pass key?")
+    hook = disrupt(k=2)
+    got = generate(params, cfg, [prompt], 5, intervention=hook, intervene_on=hook.scope)
+    assert got == [_greedy_by_hand(params, cfg, prompt, 5, hook)]
+    assert got != generate(params, cfg, [prompt], 5), "the disruption changes what is generated"
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_cli_scores_every_mode_on_the_same_items(checkpoint, loaded, tmp_path, capsys):
+    """Items whose answers are the intact model's own greedy outputs: mode none must score 100%, an
+    impossible answer 0%; each kind is reported on its own."""
+    cfg, params, tok = loaded
+    texts = ["The grass is green. The sky", "Here we go. There and", "The pass key is 12345.", "Is the city of"]
+    texts += texts[:2]  # the same batch shape as the command's, so its mode "none" reuses this compiled program
+    outs = generate(params, cfg, [tok.encode(t) for t in texts], 6, eos_ids=tok.eos_token_ids)
+    rows = [{"prompt": t, "answer": tok.decode([i for i in o if i not in tok.eos_token_ids]), "kind": "contextual"}
+            for t, o in zip(texts[:4], outs)]
+    rows += [{"prompt": t, "answer": "qqqqqqqqqq", "kind": "parametric"} for t in texts[4:]]
+    items = _write_jsonl(tmp_path / "items.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["disrupt", "--model", checkpoint, "--task", "jsonl", "--task-file", items, "--max-new-tokens", "6",
+                 "--batch-size", "6", "--top-k", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"] == "jsonl" and res["n"] == 6 and set(res["results"]) == {"none", "massive", "non_massive"}
+    none = res["results"]["none"]
+    assert none["by_kind"]["contextual"] == {"accuracy": 1.0, "correct": 4, "n": 4}
+    assert none["by_kind"]["parametric"]["correct"] == 0 and none["accuracy"] == pytest.approx(4 / 6)
+    assert res["settings"]["disruptions"]["massive"]["k"] == 2 and res["settings"]["scope"] == "prefill"
+    examples = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 18
+    for mode, r in res["results"].items():
+        mine = [e for e in examples if e["mode"] == mode]
+        assert r["correct"] == sum(e["correct"] for e in mine)
+        assert r["perplexity"] > 1 and 0 < r["diversity"] <= 1
+    changed = [e["output"] != f["output"] for e in examples if e["mode"] == "massive"
+               for f in examples if f["mode"] == "none" and f["index"] == e["index"]]
+    assert any(changed), "the massive disruption changes some outputs"
+    html = (out / "index.html").read_text()
+    assert "Table 1" in html and "jsonl [contextual]" in html and (out / "accuracy.png").stat().st_size > 0
+    assert "jsonl (n=6): none 66.7%" in capsys.readouterr().out
+
+
+def test_config_builds_several_tasks_in_one_run(checkpoint, tmp_path):
+    config = tmp_path / "table1.json"
+    config.write_text(json.dumps({"model": checkpoint, "n": 2, "modes": ["none", "massive"], "batch_size": 2,
+                                  "perplexity": False, "max_new_tokens": 3, "runs": [
+                                      {"task": "capitals", "label": "capitals (2)"},
+                                      {"task": "facts", "category": "Science"},
+                                      {"task": "conflict"}]}))
+    out = tmp_path / "out"
+    assert main(["disrupt", "--config", str(config), "--out", str(out), "--lambda", "3"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in res["runs"]] == ["capitals (2)", "facts", "conflict"]
+    assert all(r["n"] == 2 and set(r["results"]) == {"none", "massive"} for r in res["runs"])
+    assert res["runs"][0]["settings"]["disruptions"]["massive"]["lam"] == 3.0
+    assert "context_rate" in res["runs"][2]["results"]["none"]
+    assert res["runs"][1]["results"]["none"]["perplexity"] is None
+    kinds = {json.loads(line)["kind"] for line in (out / "examples.jsonl").read_text().splitlines()}
+    assert kinds == {"parametric"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "gsm8k"], "--task-file"),
+    (["--task", "facts", "--digits", "6"], "digits do not apply to task 'facts'"),
+    (["--task", "passkey", "--modes", "none,random"], "mode 'random'"),
+    (["--task", "passkey", "--max-tokens", "2000"], "max_seq_len=512"),
+    (["--task", "facts", "--n", "0"], "n=0"),
+])
+def test_cli_bad_input_names_the_value(checkpoint, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(["disrupt", "--model", checkpoint, "--out", str(tmp_path / "o"), "--n", "1", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_config_errors_name_the_run_and_key(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"runs": [{"task": "facts"}, {"task": "passkey", "digit": 6}]}))
+    with pytest.raises(ValueError, match=r"runs\[1\]: unknown key\(s\) digit"):
+        load_config(bad)
+    bad.write_text("{\"runs\": []}")
+    with pytest.raises(ValueError, match="non-empty list"):
+        load_config(bad)
+    assert list(modes_for("none,massive")) == ["none", "massive"]
