@@ -49,20 +49,19 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
         tokens_BP[b, P - len(p):], mask_BP[b, P - len(p):] = p, True
     prefill_iv = intervention if intervene_on in ("all", "prefill") else None
     decode_iv = intervention if intervene_on in ("all", "decode") else None
+    eos_E = jnp.array([int(e) for e in eos_ids] or [-1], jnp.int32)
     out_BN, lengths_B = _generate(
-        params, jnp.asarray(tokens_BP), jnp.asarray(mask_BP), jax.random.PRNGKey(seed), cfg=cfg,
-        max_new_tokens=max_new_tokens, eos_ids=tuple(int(e) for e in eos_ids), temperature=float(temperature),
-        top_k=int(top_k), prefill_iv=prefill_iv, decode_iv=decode_iv)
+        params, jnp.asarray(tokens_BP), jnp.asarray(mask_BP), jax.random.PRNGKey(seed), eos_E,
+        jnp.float32(temperature), jnp.int32(top_k), cfg=cfg, max_new_tokens=max_new_tokens,
+        prefill_iv=prefill_iv, decode_iv=decode_iv)
     out_BN, lengths_B = np.asarray(out_BN), np.asarray(lengths_B)
     return [out_BN[b, :lengths_B[b]].tolist() for b in range(len(prompts_tokens))]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "temperature", "top_k",
-                                             "prefill_iv", "decode_iv"))
-def _generate(params, tokens_BP, mask_BP, key, *, cfg, max_new_tokens, eos_ids, temperature, top_k,
-              prefill_iv, decode_iv):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "prefill_iv", "decode_iv"))
+def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, *, cfg, max_new_tokens, prefill_iv,
+              decode_iv):
     B, P = tokens_BP.shape
-    eos_E = jnp.array(eos_ids or (-1,), jnp.int32)
     cache = init_cache(cfg, B, P + max_new_tokens)
     out = forward(params, tokens_BP, cfg, mask_BT=mask_BP, cache=cache, intervention=prefill_iv, last_only=True)
     key, sub = jax.random.split(key)
@@ -91,10 +90,18 @@ def _generate(params, tokens_BP, mask_BP, key, *, cfg, max_new_tokens, eos_ids, 
 
 
 def _sample(logits_BV, key, temperature, top_k):
-    if temperature == 0.0:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    logits_BV = logits_BV / temperature
-    if top_k:
-        kth_B1 = jax.lax.top_k(logits_BV, min(top_k, logits_BV.shape[-1]))[0][:, -1:]
-        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+    """Argmax when temperature == 0; else a draw from softmax(logits / temperature) over the top_k
+    logits (all of them when top_k == 0). Both are traced values: one program serves every setting."""
+
+    def draw(logits_BV):
+        logits_BV = logits_BV / temperature
+
+        def keep_top_k(logits_BV):
+            k = jnp.clip(top_k, 1, logits_BV.shape[-1])
+            kth_B1 = jnp.take(jnp.sort(logits_BV, axis=-1), logits_BV.shape[-1] - k, axis=-1)[:, None]
+            return jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+
+        logits_BV = jax.lax.cond(top_k > 0, keep_top_k, lambda x: x, logits_BV)
+        return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32), logits_BV)

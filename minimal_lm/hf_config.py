@@ -15,12 +15,12 @@ _DEFAULT_MAX_POS = {"llama": 2048, "mistral": 32768, "qwen2": 32768}
 
 MAPPED = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
           "head_dim", "intermediate_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-          "rope_theta", "rope_scaling", "rope_parameters"}
+          "rope_theta", "rope_scaling", "rope_parameters", "initializer_range"}
 HARMLESS = {
     # metadata, token ids, training-only settings
     "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
-    "initializer_range", "use_cache", "attention_dropout", "pretraining_tp", "max_window_layers",
+    "use_cache", "attention_dropout", "pretraining_tp", "max_window_layers",
     "tokenizer_class", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task",
     "task_specific_params", "prefix", "torchscript", "return_dict", "output_attentions",
     "output_hidden_states", "use_return_dict", "is_decoder", "is_encoder_decoder", "add_cross_attention",
@@ -69,7 +69,7 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
         vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], num_kv_heads=hf.get("num_key_value_heads"),
         head_dim=hf.get("head_dim"), mlp_dim=hf["intermediate_size"], max_seq_len=max_pos,
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), init_std=float(hf.get("initializer_range") or 0.02), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=_QKV_BIAS[family], **rope_from_hf(hf, where))
     try:
         return ModelConfig(**fields)

@@ -1,9 +1,8 @@
 """A checkpoint's tokenizer: `tokenizers` for the text, jinja2 for the chat template.
 
-Special-token behaviour follows transformers: the tokenizer.json post-processor adds BOS/EOS, unless
-tokenizer_config.json sets add_bos_token/add_eos_token (or there is no post-processor), in which case
-the post-processor is rebuilt from those flags. Chat templates render in the same sandboxed jinja2
-environment transformers uses, with the special tokens as variables.
+Special tokens follow tokenizer.json's own post-processor, as transformers 5 does when a checkpoint
+has a tokenizer.json (it ignores add_bos_token/add_eos_token in tokenizer_config.json then). Chat
+templates render in the sandboxed jinja2 environment transformers uses, special tokens as variables.
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ import jinja2.ext
 import jinja2.nodes
 import jinja2.sandbox
 import tokenizers
-from tokenizers import processors
 
 from minimal_lm.safetensors_io import CheckpointError
 
@@ -36,8 +34,10 @@ class Tokenizer:
         self.pad_token_id = self._id("pad_token")
         eos = [self._id("eos_token")] + [int(i) for i in extra_eos_ids]
         self.eos_token_ids = list(dict.fromkeys(i for i in eos if i is not None))
-        if "add_bos_token" in self.config or "add_eos_token" in self.config or tok.post_processor is None:
-            self._rebuild_post_processor()
+        # transformers 5 skips this WordPiece-era cleanup for BPE models unless forced
+        self._clean_up = bool(self.config.get("clean_up_tokenization_spaces")) and (
+            type(tok.model).__name__ != "BPE"
+            or self.config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
 
     @classmethod
     def from_file(cls, tokenizer_json, tokenizer_config=None, chat_template=None, *, generation_config=None):
@@ -90,7 +90,7 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         text = self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
-        return _clean_up(text) if self.config.get("clean_up_tokenization_spaces") else text
+        return _clean_up(text) if self._clean_up else text
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         """Render `messages` ([{"role", "content"}, ...]) with the checkpoint's chat template; encode
@@ -105,15 +105,6 @@ class Tokenizer:
     def _id(self, name):
         token = self.special_tokens.get(name)
         return None if token is None else self.backend.token_to_id(token)
-
-    def _rebuild_post_processor(self):
-        bos, eos = self.special_tokens.get("bos_token"), self.special_tokens.get("eos_token")
-        add_bos = bool(self.config.get("add_bos_token")) and self.bos_token_id is not None
-        add_eos = bool(self.config.get("add_eos_token")) and self._id("eos_token") is not None
-        single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
-        pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
-        special = ([(bos, self.bos_token_id)] if add_bos else []) + ([(eos, self._id("eos_token"))] if add_eos else [])
-        self.backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
 def _content(v):

@@ -62,7 +62,7 @@ def hf_sites(model, tokens_BT):
     return logits, {s: np.stack(xs) for s, xs in sites.items()}
 
 
-def tiny_tokenizer(path, vocab_size=128, add_bos_token=None, chat_template_file=False):
+def tiny_tokenizer(path, vocab_size=300, add_bos_token=None, chat_template_file=False):
     """A byte-level BPE tokenizer trained on a few sentences, with <s>, </s>, <pad> and a chat template,
     written as tokenizer.json + tokenizer_config.json (+ chat_template.jinja when asked)."""
     os.makedirs(path, exist_ok=True)
@@ -71,14 +71,14 @@ def tiny_tokenizer(path, vocab_size=128, add_bos_token=None, chat_template_file=
     tok.decoder = decoders.ByteLevel()
     specials = ["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:64], show_progress=False)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     corpus = ["The grass is green. The sky is blue. The sun is yellow.", "Here we go. There and back again.",
               "The pass key is 12345. Remember it.", "Is the city of Paris in France? Yes."] * 20
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     tok.save(os.path.join(path, "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}, "pad_token": "<pad>",
+    config = {"bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "special": True}, "pad_token": "<pad>",
               "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512}
     if add_bos_token is not None:
         config["add_bos_token"] = add_bos_token
@@ -90,3 +90,20 @@ def tiny_tokenizer(path, vocab_size=128, add_bos_token=None, chat_template_file=
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump(config, f)
     return str(path)
+
+
+def random_params(cfg, seed=0, std=0.15):
+    """Params of init_params' structure filled by numpy (no compilation): weights N(0, std), norm
+    scales N(1, 0.1), biases N(0, std), so parity is tested with nothing left at a trivial value."""
+    import jax
+    from minimal_lm import init_params
+
+    rng = np.random.RandomState(seed)
+    shapes = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
+
+    def fill(path, s):
+        name = jax.tree_util.keystr(path)
+        x = rng.normal(1.0, 0.1, s.shape) if "norm" in name else rng.normal(0.0, std, s.shape)
+        return jax.numpy.asarray(x.astype(np.float32))
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
