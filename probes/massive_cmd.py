@@ -154,6 +154,9 @@ def run(args) -> None:
     cfg, params, tokenizer = from_pretrained(args.model, dtype=args.dtype)
     items = (prompts.read_text_file(args.text_file) if args.text_file else
              prompts.read_jsonl(args.prompts) if args.prompts else list(prompts.DEFAULT_PROMPTS))
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--chat: {args.model} has no chat template (no chat_template.jinja and no "
+                         "chat_template in tokenizer_config.json)")
     max_len = args.max_len or cfg.max_seq_len
     token_lists = prompts.encode(items, tokenizer, chat=args.chat, vocab_size=cfg.vocab_size)
     truncated = sum(len(t) > max_len for t in token_lists)

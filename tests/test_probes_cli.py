@@ -21,12 +21,12 @@ H, K, E, L, DIM = 4, 2, 16, 2, 7  # DIM: lowest-frequency dim of the first half 
 def checkpoint(tmp_path_factory):
     """A tiny random Llama with one column of W_q and W_k scaled up in layer 1, plus a BPE tokenizer."""
     path = tmp_path_factory.mktemp("tiny_llama")
-    model = tiny_hf("llama", seed=0)
+    model = tiny_hf("llama", seed=0, vocab_size=320)
     with torch.no_grad():
         attn = model.model.layers[1].self_attn
         for proj, heads in ((attn.q_proj, H), (attn.k_proj, K)):
             proj.weight[[h * E + DIM for h in range(heads)]] *= 25.0
-    tiny_tokenizer(save(model, path))
+    tiny_tokenizer(save(model, path), vocab_size=300)
     return path
 
 
