@@ -51,7 +51,8 @@ def test_cli_writes_npz_json_figures_and_html(checkpoint, prompts_file, tmp_path
     rec = json.loads((out / "massive.json").read_text())
     s = rec["settings"]
     assert s["sites"] == list(PROBE_SITES) and s["lambda"] == 5.0 and s["top_k"] == 1 and s["layers"] == [0, 1]
-    assert s["prompts"] == len(DEFAULT_PROMPTS) + 1 and s["tokens"] > 100 and s["max_len"] == 32 and s["truncated_prompts"] >= 1
+    assert s["prompts"] == len(DEFAULT_PROMPTS) + 1 and s["tokens"] > 100
+    assert s["max_len"] == 32 and s["truncated_prompts"] >= 1 and s["chat"] is True
     assert rec["model"]["rotation"] == "rope" and rec["frequency"]["lowfreq_dims"] == [6, 7, 14, 15]
     for site in PROBE_SITES:
         heads = ms[site].shape[1]
