@@ -74,7 +74,8 @@ class Tokenizer:
         """Write tokenizer.json, tokenizer_config.json and chat_template.jinja (when there is one)."""
         os.makedirs(path, exist_ok=True)
         self.backend.save(os.path.join(path, "tokenizer.json"))
-        config = {k: v for k, v in self.config.items() if k != "chat_template"}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                  **{k: v for k, v in self.config.items() if k != "chat_template"}}
         with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
         if self.chat_template:

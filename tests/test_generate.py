@@ -48,13 +48,11 @@ def test_greedy_matches_hf_generate_batched(hf_pair):
 
 def test_eos_stops_each_row(hf_pair):
     model, pre = hf_pair
-    ps = prompts([40, 40], pre.config.vocab_size, seed=1)
+    ps = prompts([100, 70], pre.config.vocab_size, seed=1)  # same padded shape as above: no new compile
     full = generate(pre.params, pre.config, ps, 32)
-    eos = full[0][4]
-    assert eos not in full[1][:12], "pick prompts where only row 0 emits this token early"
+    eos = next(t for t in full[0][2:] if t not in full[1])  # row 0 stops early, row 1 never does
     stopped = generate(pre.params, pre.config, ps, 32, eos_ids=(eos,))
-    assert stopped[0] == full[0][:full[0].index(eos) + 1]
-    assert stopped[1] == full[1][:full[1].index(eos) + 1] if eos in full[1] else stopped[1] == full[1]
+    assert stopped == [full[0][:full[0].index(eos) + 1], full[1]]
 
 
 def full_recompute(params, cfg, prompt, new, intervention=None, length=64):
@@ -83,14 +81,14 @@ def flip_v(site, layer, x, where=None):
     return jnp.where(where(t), -x, x)
 
 
-@pytest.mark.parametrize("scope", ["all", "prefill", "decode"])
+@pytest.mark.parametrize("scope", ["prefill", "decode"])
 def test_intervention_scope(ours, scope):
-    """Flipping v on the prompt only / generated tokens only / both equals a full recomputation that
-    flips v at exactly those positions."""
+    """Flipping v on the prompt only / on generated tokens only equals a full recomputation that flips
+    v at exactly those positions ("all" is the two together, one code path)."""
     cfg, params = ours
     prompt = prompts([30], cfg.vocab_size, seed=2)[0]
     n = len(prompt)
-    where = {"all": lambda t: t >= 0, "prefill": lambda t: t < n, "decode": lambda t: t >= n}[scope]
+    where = {"prefill": lambda t: t < n, "decode": lambda t: t >= n}[scope]
     new = generate(params, cfg, [prompt], 16, intervention=flip_v, intervene_on=scope)[0]
     plain = generate(params, cfg, [prompt], 16)[0]
     assert new != plain, "the intervention must change the output for this test to mean anything"

@@ -1,10 +1,12 @@
-"""Bad checkpoints and configs fail with an error that names the file, tensor or key at fault."""
+"""Bad checkpoints and configs fail with an error that names the file, tensor or key at fault;
+sharded checkpoints load the same params as single files."""
 import json
 import os
 import shutil
 import struct
 import sys
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -39,6 +41,13 @@ def edit_tensors(path, fn):
     tensors = load_file(f)
     fn(tensors)
     save_file(tensors, f)
+
+
+def test_sharded_loads_the_same_params(base):
+    single, sharded = from_pretrained(base["single"]), from_pretrained(base["sharded"])
+    assert len([n for n in os.listdir(base["sharded"]) if n.endswith(".safetensors")]) > 3
+    assert single.config == sharded.config
+    jax.tree.map(np.testing.assert_array_equal, single.params, sharded.params)
 
 
 def test_truncated_safetensors(ckpt):

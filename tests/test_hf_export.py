@@ -61,3 +61,39 @@ def test_export_refuses_what_hf_llama_cannot_express(kw, match, tmp_path):
     cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=2, **kw)
     with pytest.raises(ConfigError, match=match):
         save_hf(tmp_path, cfg, jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0)))
+
+
+def test_run_directory_exports_through_the_cli(tmp_path):
+    """A run directory of ours (config.json + orbax checkpoint + tokenizer.json) opens with
+    from_pretrained and exports with `python -m minimal_lm export` to a directory transformers loads."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from hf_testlib import tiny_tokenizer
+    from minimal_lm import Tokenizer
+    from minimal_lm.__main__ import main
+    from minimal_lm.run_dir import PARAMS, checkpoint_manager
+
+    run = tmp_path / "run"
+    cfg = random_model(num_kv_heads=2, tie_embeddings=False)[0].replace(vocab_size=300)  # the tokenizer's
+    params = random_params(cfg, seed=1)
+    tiny_tokenizer(tmp_path / "tok")
+    run.mkdir()
+    Tokenizer.from_dir(tmp_path / "tok").backend.save(str(run / "tokenizer.json"))
+    (run / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": {}, "data": {}}))
+    with checkpoint_manager(run, read_only=False) as mngr:
+        mngr.save(7, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardSave(params)}))
+        mngr.wait_until_finished()
+    pre = from_pretrained(run)
+    assert pre.config == cfg and pre.tokenizer is not None
+    jax.tree.map(np.testing.assert_array_equal, pre.params, params)
+
+    main(["export", "--model", str(run), "--out", str(tmp_path / "hf")])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager",
+                                                           dtype=torch.float32).eval()
+    ids = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("The sky is blue. " * 10)["input_ids"]
+    assert ids == pre.tokenizer.encode("The sky is blue. " * 10)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits.numpy()
+    assert np.abs(np.asarray(forward(params, jnp.asarray([ids]), cfg).logits) - ref).max() <= 1e-4

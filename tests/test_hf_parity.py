@@ -17,12 +17,11 @@ TOL = 1e-4
 LLAMA3 = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
               original_max_position_embeddings=64)
 CASES = {
-    "llama_kv1_tied": ("llama", dict(num_key_value_heads=1, tie_word_embeddings=True), {}),
-    "llama_kv2_llama3": ("llama", dict(num_key_value_heads=2, rope_parameters=LLAMA3), {}),
-    "llama_full_kv_head_dim": ("llama", dict(num_key_value_heads=4, head_dim=24), {}),
-    "mistral": ("mistral", dict(num_key_value_heads=2), {}),
-    "qwen2_bias": ("qwen2", dict(num_key_value_heads=2), {}),
-    "llama_sharded": ("llama", dict(num_key_value_heads=2), dict(max_shard_size="40KB")),
+    "llama_kv1_tied": ("llama", dict(num_key_value_heads=1, tie_word_embeddings=True)),
+    "llama_kv2_llama3": ("llama", dict(num_key_value_heads=2, rope_parameters=LLAMA3)),
+    "llama_full_kv_head_dim": ("llama", dict(num_key_value_heads=4, head_dim=24)),
+    "mistral": ("mistral", dict(num_key_value_heads=2)),
+    "qwen2_bias": ("qwen2", dict(num_key_value_heads=2)),
 }
 SITES = ("q_pre", "k_pre", "q", "k", "v")
 
@@ -36,9 +35,9 @@ _forward = jax.jit(forward, static_argnames=("cfg", "capture"))
 
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tmp_path_factory):
-    arch, kw, save_kw = CASES[request.param]
+    arch, kw = CASES[request.param]
     model = tiny_hf(arch, **kw)
-    path = save(model, tmp_path_factory.mktemp(request.param), **save_kw)
+    path = save(model, tmp_path_factory.mktemp(request.param))
     return request.param, model, path, from_pretrained(path)
 
 

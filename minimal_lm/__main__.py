@@ -1,0 +1,108 @@
+"""Command line: generate text, dump logits, export to Hugging Face.
+
+  python -m minimal_lm generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N]
+  python -m minimal_lm logits --model PATH --text-file F --out F.npy
+  python -m minimal_lm export --model RUN_DIR --out HF_DIR
+
+PATH is an HF checkpoint directory, a hub id (with huggingface_hub installed) or a run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minimal_lm.config import ConfigError
+from minimal_lm.generate import generate
+from minimal_lm.hf import from_pretrained, save_hf
+from minimal_lm.model import forward
+from minimal_lm.safetensors_io import CheckpointError
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m minimal_lm", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="print the continuation of a prompt")
+    g.add_argument("--model", required=True)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
+    g.add_argument("--system", help="with --chat: a system message before the prompt")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: the checkpoint's)")
+    g.set_defaults(run=_generate)
+
+    lg = sub.add_parser("logits", help="save float32 logits [T, V] of every position of a text")
+    lg.add_argument("--model", required=True)
+    lg.add_argument("--text-file", required=True)
+    lg.add_argument("--out", required=True, help=".npy file for the logits")
+    lg.add_argument("--ids-out", help="optional .npy file for the token ids")
+    lg.add_argument("--no-special-tokens", action="store_true", help="do not add BOS/EOS when encoding")
+    lg.add_argument("--dtype")
+    lg.set_defaults(run=_logits)
+
+    e = sub.add_parser("export", help="write a RoPE model as a Hugging Face Llama directory")
+    e.add_argument("--model", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--dtype", help="dtype of the exported weights (default: the model's)")
+    e.set_defaults(run=_export)
+    return p
+
+
+def _load(path, dtype=None):
+    pre = from_pretrained(path, dtype=dtype)
+    if pre.tokenizer is None:
+        raise CheckpointError(f"{path}: no tokenizer.json, so text cannot be encoded")
+    return pre
+
+
+def _generate(args):
+    cfg, params, tok = _load(args.model, args.dtype)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}]
+        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True), add_special_tokens=False)
+    else:
+        ids = tok.encode(args.prompt)
+    new = generate(params, cfg, [ids], args.max_new_tokens, eos_ids=tok.eos_token_ids,
+                   temperature=args.temperature, top_k=args.top_k, seed=args.seed)[0]
+    print(tok.decode(new))
+
+
+def _logits(args):
+    cfg, params, tok = _load(args.model, args.dtype)
+    with open(args.text_file, encoding="utf-8") as f:
+        ids = tok.encode(f.read(), add_special_tokens=not args.no_special_tokens)
+    if not ids:
+        raise ValueError(f"{args.text_file}: encodes to no tokens")
+    if len(ids) > cfg.max_seq_len:
+        raise ValueError(f"{args.text_file}: {len(ids)} tokens exceed max_seq_len={cfg.max_seq_len}")
+    logits = jax.jit(forward, static_argnames="cfg")(params, jnp.asarray([ids]), cfg=cfg).logits[0]
+    np.save(args.out, np.asarray(logits, np.float32))
+    if args.ids_out:
+        np.save(args.ids_out, np.asarray(ids, np.int32))
+    print(f"{args.out}: logits of {len(ids)} tokens x {cfg.vocab_size}", file=sys.stderr)
+
+
+def _export(args):
+    cfg, params, tok = from_pretrained(args.model)
+    save_hf(args.out, cfg, params, tokenizer=tok, dtype=args.dtype)
+    print(f"{args.out}: {cfg.num_layers}-layer {cfg.d_model}-wide model exported", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
