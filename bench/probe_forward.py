@@ -25,7 +25,7 @@ def schedule(full: bool) -> dict:
     return dict(warmup=2, iters=3, repeats=3) if full else dict(warmup=3, iters=5, repeats=5)
 
 
-def ours(s: dict, full: bool) -> dict:
+def ours(s: dict, full: bool, variants=VARIANTS) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -47,7 +47,7 @@ def ours(s: dict, full: bool) -> dict:
         return jnp.sum(x_BTHE * x_BTHE, axis=(0, 1))
 
     out = {}
-    for variant in VARIANTS:
+    for variant in variants:
         cfg = base.replace(scan_layers=variant == "scan")
         plain = jax.jit(lambda p, t: forward(p, t, cfg, last_only=True).logits)
         probed = jax.jit(lambda p, t: forward(p, t, cfg, capture=capture, last_only=True)[:2])
@@ -107,20 +107,27 @@ def peer(s: dict, full: bool) -> dict:
 
 
 def main():
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--variants", help="ours: comma-separated layer variants (default: scan,unroll on CPU, "
+                                      "scan on a GPU, where an unrolled 32-layer 8B model compiles slowly)")
+    args = p.parse_args()
     if args.side:
-        return emit((ours if args.side == "ours" else peer)(shape(not args.tiny), not args.tiny))
+        s = shape(not args.tiny)
+        return emit(ours(s, not args.tiny, args.variants.split(",")) if args.side == "ours" else peer(s, not args.tiny))
     full = full_mode(args)
     s = shape(full)
+    variants = (args.variants or ("scan" if full else ",".join(VARIANTS))).split(",")
+    if set(variants) - set(VARIANTS):
+        raise SystemExit(f"--variants: expected some of {', '.join(VARIANTS)}, got {args.variants!r}")
     argv = ["--full"] if full else ["--tiny"]
     rep = Report("Probe forward", full, f"{s}, {'bf16' if full else 'float32'}, last-position logits")
     p = run_side(__file__, "peer", argv)
-    o = run_side(__file__, "ours", argv)
+    o = run_side(__file__, "ours", argv + ["--variants", ",".join(variants)])
     tokens = s["batch"] * s["seq"]
-    for v in VARIANTS:
+    for v in variants:
         for name in ("plain", "capture"):
             rep.row(f"tokens/s, {v} {name}", tokens / o[f"{v}/{name}"]["s"], tokens / p[name]["s"], "tok/s")
-    best = min(VARIANTS, key=lambda v: o[f"{v}/capture"]["s"])
+    best = min(variants, key=lambda v: o[f"{v}/capture"]["s"])
     r_plain = rep.row(f"tokens/s, no capture ({best})", tokens / o[f"{best}/plain"]["s"], tokens / p["plain"]["s"],
                       "tok/s")
     r_cap = rep.row(f"tokens/s, q/k/v norm capture ({best})", tokens / o[f"{best}/capture"]["s"],
