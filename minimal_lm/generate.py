@@ -47,6 +47,7 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
     mask_BP = np.zeros((len(prompts_tokens), P), bool)
     for b, p in enumerate(prompts_tokens):
         tokens_BP[b, P - len(p):], mask_BP[b, P - len(p):] = p, True
+    intervention = _hashable(intervention)
     prefill_iv = intervention if intervene_on in ("all", "prefill") else None
     decode_iv = intervention if intervene_on in ("all", "decode") else None
     eos_E = jnp.array([int(e) for e in eos_ids] or [-1], jnp.int32)
@@ -87,6 +88,34 @@ def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, *, cfg
     state = (jnp.int32(1), out.cache, tok_B, pos_B, done_B, out_BN, jnp.ones((B,), jnp.int32), key)
     state = jax.lax.while_loop(cond, body, state)
     return state[5], state[6]
+
+
+class _ById:
+    """A hook that jit can take as a static argument when it is not hashable itself (e.g. it holds
+    arrays): equal only to a wrapper of the same object, so reusing the object reuses the program."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, site, layer, x):
+        return self.hook(site, layer, x)
+
+    def __getattr__(self, name):  # exposes the hook's bind() to forward
+        return getattr(self.hook, name)
+
+    def __eq__(self, other):
+        return isinstance(other, _ById) and other.hook is self.hook
+
+    def __hash__(self):
+        return id(self.hook)
+
+
+def _hashable(hook):
+    try:
+        hash(hook)
+        return hook
+    except TypeError:
+        return _ById(hook)
 
 
 def _sample(logits_BV, key, temperature, top_k):

@@ -118,3 +118,24 @@ def test_bad_arguments(ours):
         generate(params, cfg, [[1, 96]], 4)
     with pytest.raises(ValueError, match="non-empty"):
         generate(params, cfg, [[1], []], 4)
+
+
+def test_unhashable_hook_with_bind(ours):
+    """A hook holding arrays (unhashable) works, and bind(mask_BT) sees the prompt's real tokens."""
+    cfg, params = ours
+
+    class Scale:
+        __hash__ = None
+
+        def __init__(self):
+            self.s_E, self.masks = jnp.full((cfg.dim_per_head,), -1.0), []
+
+        def bind(self, mask_BT):
+            self.masks.append(mask_BT.shape)
+            return lambda site, layer, x: x * self.s_E if site == "v" else x
+
+    prompt = prompts([30], cfg.vocab_size, seed=2)[0]
+    hook = Scale()
+    a = generate(params, cfg, [prompt], 16, intervention=hook, intervene_on="prefill")
+    assert a == generate(params, cfg, [prompt], 16, intervention=flip_v, intervene_on="prefill")
+    assert hook.masks == [(1, 32)]
