@@ -66,7 +66,8 @@ def checkpoint_steps(path) -> list[int]:
 def abstract(tree):
     """ShapeDtypeStructs (with the arrays' shardings) describing `tree`, as orbax restores want."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", device)), tree)
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", device)), tree)
 
 
 def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, dict, str | None]:
@@ -85,7 +86,8 @@ def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, di
     target = abstract(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
     try:
         with checkpoint_manager(path) as mngr:
-            params = mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
+            args = ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)})
+            params = mngr.restore(step, args=args)[PARAMS]
     except Exception as e:  # orbax raises many types for missing files, bad shapes and corrupt data
         raise ValueError(f"{path / CHECKPOINTS / str(step)}: cannot restore params for the model in "
                          f"{path / 'config.json'}: {type(e).__name__}: {e}") from e

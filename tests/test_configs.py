@@ -39,8 +39,8 @@ def test_config_loads_and_builds(path):
 def test_tiny_configs_differ_only_in_position():
     base = load_config(CONFIGS[0].with_name("tiny_rope.py")).to_dict()
     for name in ("tiny_nope", "tiny_learned", "tiny_alibi"):
-        assert [d.split(":")[0] for d in config_diff(base, load_config(CONFIGS[0].with_name(name + ".py")).to_dict())] \
-            == ["model.position"]
+        other = load_config(CONFIGS[0].with_name(name + ".py")).to_dict()
+        assert [d.split(":")[0] for d in config_diff(base, other)] == ["model.position"]
 
 
 def test_overrides_parse_each_type():
@@ -94,7 +94,8 @@ def test_cli_config_errors_exit_2(tmp_path, capsys):
     bad.write_text("X = 1\n")
     with pytest.raises(SystemExit) as e:
         main(["--config", str(bad), "--out", str(tmp_path / "run")])
-    assert e.value.code == 2 and "expected a module-level `CONFIG = RunConfig(...)`, got NoneType" in capsys.readouterr().err
+    assert e.value.code == 2
+    assert "expected a module-level `CONFIG = RunConfig(...)`, got NoneType" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -110,9 +111,11 @@ def test_from_dict_names_bad_sections_and_keys():
 @given(steps=st.integers(2, 10**9), lr=st.floats(0, 1e3, allow_nan=False), layers=st.integers(1, 64),
        overwrite=st.booleans())
 def test_overrides_round_trip(steps, lr, layers, overwrite):
-    cfg = apply_overrides(RunConfig(), [f"train.steps={steps}", f"train.lr={lr!r}", f"model.num_layers={layers}",
-                                        f"train.overwrite={str(overwrite).lower()}", "train.warmup_steps=1"])
-    assert (cfg.train.steps, cfg.train.lr, cfg.model.num_layers, cfg.train.overwrite) == (steps, lr, layers, overwrite)
+    cfg = apply_overrides(RunConfig(), [
+        f"train.steps={steps}", f"train.lr={lr!r}", f"model.num_layers={layers}",
+        f"train.overwrite={str(overwrite).lower()}", "train.warmup_steps=1"])
+    assert (cfg.train.steps, cfg.train.lr) == (steps, lr)
+    assert (cfg.model.num_layers, cfg.train.overwrite) == (layers, overwrite)
     assert isinstance(cfg.train.lr, float) and isinstance(cfg.train.steps, int)
     changed = {d.split(":")[0] for d in config_diff(RunConfig().to_dict(), cfg.to_dict(), ignore=())}
     assert changed <= {"train.steps", "train.lr", "model.num_layers", "train.overwrite", "train.warmup_steps"}

@@ -28,7 +28,8 @@ def test_prepare_writes_shards_that_decode_to_the_text(data_dir):
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.get_vocab_size() <= 400
     assert len(meta["splits"]["train"]) > 1 and all(n <= 1000 for _, n in meta["splits"]["train"])
-    ids = {s: np.concatenate([np.fromfile(out / f, np.uint16) for f, _ in files]) for s, files in meta["splits"].items()}
+    ids = {s: np.concatenate([np.fromfile(out / f, np.uint16) for f, _ in files])
+           for s, files in meta["splits"].items()}
     eos = meta["eos_id"]
     train_docs = tok.decode(ids["train"].tolist(), skip_special_tokens=False).split("<|endoftext|>")
     val_docs = tok.decode(ids["val"].tolist(), skip_special_tokens=False).split("<|endoftext|>")

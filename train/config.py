@@ -76,7 +76,8 @@ class DataConfig:
         if self.kind not in DATA_KINDS:
             raise ConfigError(f"data.kind={self.kind!r}: expected one of {', '.join(DATA_KINDS)}")
         if self.kind == "shards" and not self.path:
-            raise ConfigError("data.path is empty: data.kind='shards' needs a directory from `python -m train prepare`")
+            raise ConfigError("data.path is empty: data.kind='shards' needs a directory written by "
+                              "`python -m train prepare`")
         for name in ("num_facts", "passkey_digits", "recall_pairs"):
             _check(f"data.{name}", getattr(self, name), lambda v: v > 0, "a positive integer")
         _check("data.seed", self.seed, lambda v: v >= 0, "an integer >= 0")
@@ -208,7 +209,8 @@ def config_diff(old: dict, new: dict, ignore=CONTROL_KEYS) -> list[str]:
     """Dotted keys whose values differ between two `to_dict()` configs, as 'key: old -> new'."""
     a, b = flatten(old), flatten(new)
     keys = sorted((set(a) | set(b)) - set(ignore))
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in keys if a.get(k) != b.get(k)]
 
 
 def _dataclass_of(hint):

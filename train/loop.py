@@ -15,7 +15,7 @@ from minimal_lm.config import ConfigError
 from train import checkpoint
 from train.config import RunConfig
 from train.data import make_source
-from train.step import TrainState, init_state, schedule, steps
+from train.step import init_state, steps
 
 Hook = Callable[[int, dict], "dict | None"]
 """Called at each evaluation with (step, params); a returned dict is added to that metrics line."""
@@ -46,16 +46,15 @@ def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
     stop = min(tc.stop_after or tc.steps, tc.steps)
     train_step, eval_loss = steps(cfg.model, tc)
     eval_batches = [source.eval_batch(i, tc.batch_size, tc.seq_len) for i in range(tc.eval_batches)]
-    lr = schedule(tc)
     log = _Log(out / "metrics.jsonl", tc.batch_size * tc.seq_len, tc.log_every)
     bar = tqdm(total=stop, initial=start, unit="step", desc=out.name, disable=not tc.progress or start >= stop)
     pending = None
     try:
         for step in range(start, stop):
-            state, metrics = train_step(state, source.batch(step, tc.batch_size, tc.seq_len))
+            state, metrics = train_step(state, source.batch(step, tc.batch_size, tc.seq_len), step)
             if pending:
                 log.record(*pending, bar)
-            pending, done = (step + 1, metrics, float(lr(step))), step + 1
+            pending, done = (step + 1, metrics), step + 1
             evaluate = done == stop or (tc.eval_every and done % tc.eval_every == 0)
             save = done == stop or done % tc.checkpoint_every == 0
             if evaluate or save:
@@ -88,15 +87,15 @@ class _Log:
         self.losses: list[float] = []
         self.last_time, self.last_step = time.perf_counter(), None
 
-    def check(self, step, metrics, lr):
+    def check(self, step, metrics):
         m = jax.device_get(metrics)
         if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
             raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: loss {m['loss']}, "
                                 f"grad norm {m['grad_norm']}")
         return m
 
-    def record(self, step, metrics, lr, bar, extra=None):
-        m = self.check(step, metrics, lr)
+    def record(self, step, metrics, bar, extra=None):
+        m = self.check(step, metrics)
         self.losses.append(float(m["loss"]))
         bar.update(1)
         bar.set_postfix(loss=f"{m['loss']:.3f}", **({"eval": f"{extra['eval_loss']:.3f}"} if extra else {}))
@@ -104,8 +103,9 @@ class _Log:
             return
         now = time.perf_counter()
         n = step - self.last_step if self.last_step is not None else len(self.losses)
-        line = {"step": step, "loss": float(np.mean(self.losses)), "lr": lr, "grad_norm": float(m["grad_norm"]),
-                "tokens_per_s": n * self.tokens_per_step / (now - self.last_time), **(extra or {})}
+        line = {"step": step, "loss": float(np.mean(self.losses)), "lr": float(m["lr"]),
+                "grad_norm": float(m["grad_norm"]), "tokens_per_s": n * self.tokens_per_step / (now - self.last_time),
+                **(extra or {})}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
         self.losses, self.last_time, self.last_step = [], now, step
@@ -114,13 +114,21 @@ class _Log:
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines past the checkpoint a run resumes from (a killed run may have logged further)."""
     if path.is_file():
-        lines = [s for s in path.read_text().splitlines() if s.strip() and json.loads(s)["step"] <= step]
-        path.write_text("".join(s + "\n" for s in lines))
+        path.write_text("".join(json.dumps(m) + "\n" for m in read_metrics(path.parent) if m["step"] <= step))
 
 
 def read_metrics(out: str | Path) -> list[dict]:
+    """The lines of out/metrics.jsonl; a cut-off last line (from a killed run) is skipped."""
     path = Path(out) / "metrics.jsonl"
-    return [json.loads(s) for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
+    lines = [s for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
+    out_lines = []
+    for i, s in enumerate(lines):
+        try:
+            out_lines.append(json.loads(s))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}, line {i + 1}: not valid JSON: {s[:80]!r}") from None
+    return out_lines
 
 
 def summary(out: str | Path) -> dict:

@@ -53,9 +53,9 @@ def loss_fn(params, tokens_BT1, cfg: ModelConfig):
 
 
 def steps(cfg: ModelConfig, tc: TrainConfig) -> tuple[Callable, Callable]:
-    """(train_step(state, tokens) -> (state, {loss, grad_norm}), eval_loss(params, tokens) -> loss).
-    The train step donates the state; metrics stay on device. Cached: runs that differ only in
-    bookkeeping keys reuse the compiled functions."""
+    """(train_step(state, tokens, step) -> (state, {loss, grad_norm, lr}),
+    eval_loss(params, tokens) -> loss). The train step donates the state; metrics stay on device.
+    Cached: runs that differ only in bookkeeping keys reuse the compiled functions."""
     return _steps(cfg, dataclasses.replace(tc, **{k.split(".")[1]: getattr(TrainConfig, k.split(".")[1])
                                                   for k in CONTROL_KEYS}))
 
@@ -66,14 +66,14 @@ def _norm(tree):
 
 @functools.lru_cache(maxsize=16)
 def _steps(cfg: ModelConfig, tc: TrainConfig):
-    opt = optimizer(tc)
+    opt, lr = optimizer(tc), schedule(tc)
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def train_step(state: TrainState, tokens_BT1):
+    def train_step(state: TrainState, tokens_BT1, step):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BT1, cfg)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state), {"loss": loss, "grad_norm": _norm(grads)}
+        return TrainState(params, opt_state), {"loss": loss, "grad_norm": _norm(grads), "lr": lr(step)}
 
     @jax.jit
     def eval_loss(params, tokens_BT1):
