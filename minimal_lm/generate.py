@@ -25,7 +25,8 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
 
     Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted to the
     top_k logits when top_k > 0. Prompts are left-padded to a multiple of 32 tokens so that nearby
-    lengths share one compiled program; padding never changes the result.
+    lengths share one compiled program; padding never changes the result (a hook that reduces over
+    the sequence should define bind(mask_BT) to skip padded positions, as forward documents).
     """
     if intervene_on not in SCOPES:
         raise ValueError(f"intervene_on={intervene_on!r}: expected one of {', '.join(SCOPES)}")
@@ -52,7 +53,7 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
     decode_iv = intervention if intervene_on in ("all", "decode") else None
     eos_E = jnp.array([int(e) for e in eos_ids] or [-1], jnp.int32)
     out_BN, lengths_B = _generate(
-        params, jnp.asarray(tokens_BP), jnp.asarray(mask_BP), jax.random.PRNGKey(seed), eos_E,
+        params, jnp.asarray(tokens_BP), jnp.asarray(mask_BP), jax.random.key(seed), eos_E,
         jnp.float32(temperature), jnp.int32(top_k), cfg=cfg, max_new_tokens=max_new_tokens,
         prefill_iv=prefill_iv, decode_iv=decode_iv)
     out_BN, lengths_B = np.asarray(out_BN), np.asarray(lengths_B)
