@@ -7,11 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimal_lm import ModelConfig, forward, init_cache, init_params
+from minimal_lm import forward, from_pretrained, init_cache
 from probes.disrupt import Chain, Disruption, ablate, chain, disrupt, for_phase, tap
-
-CFG = ModelConfig(vocab_size=96, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                  max_seq_len=64, init_std=0.2)
 
 
 def reference(x, mask, select="massive", k=1, lam=None, replace="mean"):
@@ -79,18 +76,54 @@ def test_bf16_activations_keep_their_dtype():
     assert got.dtype == jnp.bfloat16
 
 
+# --- Through the model: one tiny random HF Llama, loaded by minimal_lm.from_pretrained, serves every test
+# below (the parity tests run HF itself on it), so that compiled programs are shared.
+
+def _hf_llama():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    c = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rope_theta=500.0,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="eager")
+    model = LlamaForCausalLM(c).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
+        for layer in model.model.layers:  # a few strong q/k dims, so "massive" differs from "non_massive"
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.view(-1, 16, 64)[:, 6].mul_(4.0)
+    return model
+
+
 @pytest.fixture(scope="module")
-def params():
-    return init_params(CFG, jax.random.PRNGKey(0))
+def hf_pair(tmp_path_factory):
+    """The HF model and ours, loaded from its save_pretrained directory by minimal_lm.from_pretrained."""
+    model = _hf_llama()
+    path = tmp_path_factory.mktemp("hf_llama")
+    model.save_pretrained(path)
+    loaded = from_pretrained(path)
+    return model, loaded.config, loaded.params
+
+
+@pytest.fixture(scope="module")
+def cfg(hf_pair):
+    return hf_pair[1]
+
+
+@pytest.fixture(scope="module")
+def params(hf_pair):
+    return hf_pair[2]
 
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(1)
-    tokens = rng.integers(0, CFG.vocab_size, (3, 14)).astype(np.int32)
-    mask = np.ones((3, 14), bool)
-    mask[0, :5] = False
-    mask[2, :9] = False
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 96, (3, 24)).astype(np.int32)
+    mask = np.ones((3, 24), bool)
+    mask[1, :6] = False
+    mask[2, :15] = False
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
@@ -98,98 +131,89 @@ def _everything(s, i, x):
     return x
 
 
-@functools.partial(jax.jit, static_argnames="hook")
-def _forward(params, tokens, mask, hook=None):
-    return forward(params, tokens, CFG, mask_BT=mask, intervention=hook, capture=_everything)
+@functools.partial(jax.jit, static_argnames=("hook", "cfg"))
+def _forward(params, tokens, mask, cfg, hook=None):
+    return forward(params, tokens, cfg, mask_BT=mask, intervention=hook, capture=_everything)
 
 
-def _raw(params, tokens, mask):
-    return _forward(params, tokens, mask)
+@pytest.fixture(scope="module")
+def plain(params, batch, cfg):
+    return _forward(params, *batch, cfg)
 
 
-def _run(params, batch, hook):
-    return _forward(params, *batch, hook=hook)
+def test_identity_cases_leave_logits_bit_exact(params, batch, cfg):
+    """k=0 and no sites trace to the very program of the intact model, so the logits are bit-identical."""
+    program = lambda hook: str(jax.make_jaxpr(lambda p: forward(p, batch[0], cfg, mask_BT=batch[1],
+                                                                intervention=hook).logits)(params))
+    assert program(disrupt(sites=())) == program(None) == program(disrupt(k=0)) != program(disrupt())
+    x, mask = random_x()
+    for hook in (disrupt(sites="v"), disrupt(layers=(5,))):
+        np.testing.assert_array_equal(hook.bind(jnp.asarray(mask))("q", jnp.int32(1), jnp.asarray(x)), x)
 
 
-def test_identity_cases_leave_logits_bit_exact(params, batch):
-    plain = _raw(params, *batch).logits
-    for hook in (disrupt(k=0), disrupt(sites=()), disrupt(sites="v", layers=(5,))):
-        np.testing.assert_array_equal(np.asarray(_run(params, batch, hook).logits), np.asarray(plain), str(hook))
-    for hook in (disrupt(), disrupt("non_massive", k=2), disrupt(replace="zero", sites="k")):
-        assert not np.allclose(_run(params, batch, hook).logits, plain), hook.describe()
-
-
-def test_site_receives_reference_ablation_with_forward_mask(params, batch):
+def test_site_receives_reference_ablation_with_forward_mask(params, batch, cfg, plain):
     """Layer 0's q and k are the clean ones with the reference edit over each example's valid tokens."""
-    tokens, mask = batch
-    clean = _raw(params, tokens, mask).captured
-    out = _run(params, batch, disrupt(k=2, replace="max"))
+    mask = np.asarray(batch[1])
+    out = _forward(params, *batch, cfg, hook=disrupt(k=2, replace="max"))
+    assert not np.allclose(out.logits, plain.logits)
     for site in ("q", "k"):
-        want = reference(np.asarray(clean[site][0]), np.asarray(mask), k=2, replace="max")
-        valid = np.asarray(mask)
-        np.testing.assert_allclose(np.asarray(out.captured[site][0])[valid], want[valid], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(out.captured["v"][0], clean["v"][0])
+        want = reference(np.asarray(plain.captured[site][0]), mask, k=2, replace="max")
+        np.testing.assert_allclose(np.asarray(out.captured[site][0])[mask], want[mask], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out.captured["v"][0], plain.captured["v"][0])
 
 
-def test_layers_select_under_scan_and_unrolled(params, batch):
+def test_layers_select_under_scan_and_unrolled(params, batch, cfg, plain):
     hook = disrupt(layers="1", replace="zero")
-    scanned = _run(params, batch, hook)
-    unrolled = forward(params, batch[0], CFG.replace(scan_layers=False), mask_BT=batch[1], intervention=hook,
-                       capture=lambda s, i, x: x)
-    clean = _raw(params, *batch)
+    scanned = _forward(params, *batch, cfg, hook=hook)
+    unrolled = _forward(params, *batch, cfg.replace(scan_layers=False), hook=hook)
     np.testing.assert_allclose(scanned.logits, unrolled.logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(scanned.captured["q"][0], clean.captured["q"][0])
-    assert not np.allclose(scanned.captured["q"][1], clean.captured["q"][1])
+    np.testing.assert_array_equal(scanned.captured["q"][0], plain.captured["q"][0])
+    assert not np.allclose(scanned.captured["q"][1], plain.captured["q"][1])
 
 
-def _prefill_then_step(params, tokens, mask, hook, phase_hooks=True):
-    """Prefill the cache with the prompt, then one decode step of a fixed token; hooks as generation applies them."""
+@functools.partial(jax.jit, static_argnames=("cfg", "hook", "decode_hooks"))
+def _prefill_then_steps(params, tokens, mask, cfg, hook, decode_hooks):
+    """Prefill the cache with the prompt under `hook`, then one decode step of a fixed token per decode
+    hook, each from that cache; q and k captured."""
     B, T = tokens.shape
-    cache = init_cache(CFG, B, T + 4)
     cap = lambda s, i, x: x if s in ("q", "k") else None
-    pre = forward(params, tokens, CFG, mask_BT=mask, cache=cache, intervention=hook, capture=cap, last_only=True)
-    nxt = jnp.full((B, 1), 7, jnp.int32)
-    pos = mask.sum(1, keepdims=True).astype(jnp.int32)
-    dec_hook = for_phase(hook, "decode") if phase_hooks else hook
-    dec = forward(params, nxt, CFG, positions_BT=pos, cache=pre.cache, intervention=dec_hook, capture=cap)
-    return pre, dec
+    pre = forward(params, tokens, cfg, mask_BT=mask, cache=init_cache(cfg, B, T + 2), intervention=hook,
+                  capture=cap, last_only=True)
+    nxt, pos = jnp.full((B, 1), 7, jnp.int32), mask.sum(1, keepdims=True).astype(jnp.int32)
+    return pre, [forward(params, nxt, cfg, positions_BT=pos, cache=pre.cache, intervention=h, capture=cap)
+                 for h in decode_hooks]
 
 
-def test_prefill_scope_ablates_cached_keys_but_not_decode_qk(params, batch):
+def test_prefill_scope_ablates_cached_keys_but_not_decode_qk(params, batch, cfg):
     tokens, mask = batch
-    zero = disrupt(replace="zero", scope="prefill")
-    pre0, dec0 = _prefill_then_step(params, tokens, mask, None)
-    pre1, dec1 = _prefill_then_step(params, tokens, mask, zero)
-    assert for_phase(zero, "decode") is None and for_phase(zero, "prefill") is zero
-    T = tokens.shape[1]
-    k0, k1 = np.asarray(pre0.cache.k_LBSKE[:, :, :T]), np.asarray(pre1.cache.k_LBSKE[:, :, :T])
-    valid = np.asarray(mask)
-    np.testing.assert_array_equal(k1[:, valid], np.asarray(pre1.captured["k"])[:, valid])
-    assert not np.allclose(k0[:, valid], k1[:, valid]), "the cached prompt keys are the ablated ones"
-    assert (k1[0][valid] == 0).any(axis=0).sum() >= CFG.kv_heads, "a zeroed column per KV head in layer 0"
-    # Decode step: layer 0's q/k depend only on the new token, so they equal the clean run's: not ablated.
-    for site in ("q", "k"):
-        np.testing.assert_allclose(dec1.captured[site][0], dec0.captured[site][0], rtol=1e-6, atol=1e-6)
-        assert (np.asarray(dec1.captured[site][0]) != 0).all()
-    # Scope "all" does ablate the decode step (zero replacement of a one-token column shows).
-    _, dec_all = _prefill_then_step(params, tokens, mask, disrupt(replace="zero", scope="all"))
-    assert (np.asarray(dec_all.captured["q"][0]) == 0).any(-1).all()
+    prefill_only, every = disrupt(replace="zero", scope="prefill"), disrupt(replace="zero", scope="all")
+    assert for_phase(prefill_only, "decode") is None and for_phase(prefill_only, "prefill") is prefill_only
+    assert for_phase(every, "decode") is every
+    pre, (dec, dec_all) = _prefill_then_steps(params, tokens, mask, cfg, prefill_only,
+                                              (for_phase(prefill_only, "decode"), for_phase(every, "decode")))
+    valid, T = np.asarray(mask), tokens.shape[1]
+    cached = np.asarray(pre.cache.k_LBSKE[:, :, :T])
+    np.testing.assert_array_equal(cached[:, valid], np.asarray(pre.captured["k"])[:, valid])
+    for b in range(tokens.shape[0]):  # each example's cached keys hold its zeroed column in every layer and head
+        assert (cached[:, b, valid[b]] == 0).all(axis=1).any(-1).all()
+    for site in ("q", "k"):  # decode step under "prefill": untouched, so no zeroed entry
+        assert (np.asarray(dec.captured[site]) != 0).all()
+        assert (np.asarray(dec_all.captured[site]) == 0).any(-1).all(), "scope all zeroes a dim of every head"
 
 
-def test_chain_composes_in_order_and_with_captures(params, batch):
+def test_chain_composes_in_order_and_with_captures(params, batch, cfg, plain):
     a, b = disrupt(k=1, sites="q"), disrupt("non_massive", k=2, replace="zero", sites="q,k")
     x, mask = random_x()
     x, mask = jnp.asarray(x), jnp.asarray(mask)
-    both = (a + b).bind(mask)("q", 0, x)
-    step = b.bind(mask)("q", 0, a.bind(mask)("q", 0, x))
-    np.testing.assert_array_equal(both, step)
-    c = chain(a, b, tap("q_sq", lambda s, i, x: jnp.sum(x * x) if s == "q" else None))
-    assert isinstance(c, Chain) and len(c.steps) == 2 and len(c.taps) == 1
-    out = forward(params, batch[0], CFG, mask_BT=batch[1], **c.hooks())
-    want = forward(params, batch[0], CFG, mask_BT=batch[1], intervention=a + b,
-                   capture=lambda s, i, x: x if s == "q" else None)
-    np.testing.assert_allclose(out.logits, want.logits, rtol=1e-6)
-    np.testing.assert_allclose(out.captured["q"]["q_sq"], (want.captured["q"] ** 2).sum((1, 2, 3, 4)), rtol=1e-5)
+    np.testing.assert_array_equal((a + b).bind(mask)("q", 0, x), b.bind(mask)("q", 0, a.bind(mask)("q", 0, x)))
+    c = chain(a, b, tap("q_sq", lambda s, i, x: jnp.sum(x * x) if s == "q" else None),
+              tap("raw", lambda s, i, x: x if s == "q" else None))
+    assert isinstance(c, Chain) and len(c.steps) == 2 and len(c.taps) == 2
+    out = jax.jit(lambda p: forward(p, batch[0], cfg, mask_BT=batch[1], **c.hooks()))(params)
+    q0 = (a + b).bind(batch[1])("q", 0, plain.captured["q"][0])
+    np.testing.assert_allclose(out.captured["q"]["raw"][0], q0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.captured["q"]["q_sq"], (out.captured["q"]["raw"] ** 2).sum((1, 2, 3, 4)),
+                               rtol=1e-5)
     assert "massive" in c.describe() and "then" in c.describe() and "q_sq" in c.describe()
     assert c.scope == "prefill"
     with pytest.raises(ValueError, match="mixes scopes"):
@@ -219,50 +243,13 @@ def test_bad_settings_name_the_field(kw, match):
         Disruption.from_dict({"selct": "massive"})
 
 
-def test_k_larger_than_head_dim_is_an_error(params, batch):
+
+def test_k_larger_than_head_dim_is_an_error(params, batch, cfg):
     with pytest.raises(ValueError, match="head_dim=16"):
-        _run(params, batch, disrupt(k=17))
+        _forward(params, *batch, cfg, hook=disrupt(k=17))
 
 
 # --- Parity with Hugging Face: the same edit applied to HF's post-RoPE q and k (before the GQA repeat). ---
-
-def _hf_llama():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    c = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rope_theta=500.0,
-                    rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="eager")
-    model = LlamaForCausalLM(c).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
-        for layer in model.model.layers:  # a few strong q/k dims, so "massive" differs from "non_massive"
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-                proj.weight.view(-1, 16, 64)[:, 6].mul_(4.0)
-    return model
-
-
-def _to_ours(model):
-    """Our params from HF Llama weights, by hand (HF Linear weights are [out, in])."""
-    c = model.config
-    L, D, H, K, E = c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    cfg = ModelConfig(vocab_size=c.vocab_size, d_model=D, num_layers=L, num_heads=H, num_kv_heads=K, head_dim=E,
-                      mlp_dim=c.intermediate_size, max_seq_len=c.max_position_embeddings, rope_theta=500.0,
-                      tie_embeddings=False, norm_eps=c.rms_norm_eps)
-    w = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    per = lambda name, f: np.stack([f(w[f"model.layers.{i}.{name}.weight"]) for i in range(L)])
-    layers = {"attn_norm": per("input_layernorm", lambda a: a), "mlp_norm": per("post_attention_layernorm", lambda a: a),
-              "wq": per("self_attn.q_proj", lambda a: a.T.reshape(D, H, E)),
-              "wk": per("self_attn.k_proj", lambda a: a.T.reshape(D, K, E)),
-              "wv": per("self_attn.v_proj", lambda a: a.T.reshape(D, K, E)),
-              "wo": per("self_attn.o_proj", lambda a: a.T.reshape(H, E, D)),
-              "w_gate": per("mlp.gate_proj", lambda a: a.T), "w_up": per("mlp.up_proj", lambda a: a.T),
-              "w_down": per("mlp.down_proj", lambda a: a.T)}
-    return cfg, {"embed": w["model.embed_tokens.weight"], "layers": layers, "final_norm": w["model.norm.weight"],
-                 "position": {}, "unembed": w["lm_head.weight"].T}
-
 
 def _hf_disrupted_logits(model, tokens, mask, **edit):
     """HF logits with `reference(**edit)` applied to every layer's post-RoPE query and key states, through a
@@ -292,25 +279,13 @@ def _hf_disrupted_logits(model, tokens, mask, **edit):
 
 @pytest.mark.parametrize("hook, edit", [
     (disrupt(k=1), dict()),
-    (disrupt("non_massive", k=2, replace="zero"), dict(select="non_massive", k=2, replace="zero")),
-    (disrupt(lam=2.5, replace="min", layers=None), dict(lam=2.5, replace="min")),
-], ids=["massive-k1-mean", "non_massive-k2-zero", "massive-lam-min"])
-def test_disrupted_logits_match_hf_with_the_same_edit(hook, edit):
-    model = _hf_model()
-    cfg, params = _to_ours(model)
-    rng = np.random.default_rng(3)
-    tokens = rng.integers(0, 96, (3, 24)).astype(np.int32)
-    mask = np.ones((3, 24), bool)
-    mask[1, :6] = False
-    mask[2, :15] = False
+    (disrupt(k=2, replace="max"), dict(k=2, replace="max")),
+    (disrupt("non_massive", lam=2.5, replace="min"), dict(select="non_massive", lam=2.5, replace="min")),
+], ids=["massive-k1-mean", "massive-k2-max", "non_massive-lam-min"])
+def test_disrupted_logits_match_hf_with_the_same_edit(hf_pair, batch, plain, hook, edit):
+    model, cfg, params = hf_pair
+    tokens, mask = map(np.asarray, batch)
     want = _hf_disrupted_logits(model, tokens, mask, **edit)
-    got = np.asarray(jax.jit(lambda p, t, m: forward(p, t, cfg, mask_BT=m, intervention=hook).logits)(
-        params, tokens, mask))
-    plain = np.asarray(forward(params, tokens, cfg, mask_BT=mask).logits)
+    got = np.asarray(_forward(params, *batch, cfg, hook=hook).logits)
     np.testing.assert_allclose(got[mask], want[mask], rtol=1e-4, atol=1e-4)
-    assert np.abs(plain[mask] - want[mask]).max() > 1e-2, "the edit changes HF's logits"
-
-
-@functools.lru_cache(maxsize=1)
-def _hf_model():
-    return _hf_llama()
+    assert np.abs(np.asarray(plain.logits)[mask] - want[mask]).max() > 1e-2, "the edit changes HF's logits"

@@ -16,7 +16,7 @@ from probes.experiment import load_config, modes_for
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt")
-    tiny_tokenizer(save(tiny_hf("llama", seed=0), path))
+    tiny_tokenizer(save(tiny_hf("llama", seed=0, vocab_size=300), path))
     return str(path)
 
 
@@ -38,13 +38,19 @@ def _greedy_by_hand(params, cfg, prompt, steps, prefill_hook):
     return got
 
 
+TEXTS = ["The grass is green. The sky", "Here we go. There and", "The pass key is 12345.", "Is the city of",
+         "The grass is green. The sky", "Here we go. There and"]
+"""Prompts of the end-to-end test; generating them here with the same shapes and hooks as the command
+(6 rows, 6 new tokens, top-k 2) lets the command reuse these compiled programs."""
+
+
 def test_generate_with_prefill_scope_equals_prefill_only_by_hand(loaded):
     cfg, params, tok = loaded
-    prompt = tok.encode("The pass key is 12345. Remember it. The sky is blue. What is the pass key?")
+    prompts = [tok.encode(t) for t in TEXTS]
     hook = disrupt(k=2)
-    got = generate(params, cfg, [prompt], 5, intervention=hook, intervene_on=hook.scope)
-    assert got == [_greedy_by_hand(params, cfg, prompt, 5, hook)]
-    assert got != generate(params, cfg, [prompt], 5), "the disruption changes what is generated"
+    got = generate(params, cfg, prompts, 6, eos_ids=tok.eos_token_ids, intervention=hook, intervene_on=hook.scope)
+    assert got[2] == _greedy_by_hand(params, cfg, prompts[2], 6, hook)[:len(got[2])]
+    assert got != generate(params, cfg, prompts, 6, eos_ids=tok.eos_token_ids), "the disruption changes the output"
 
 
 def _write_jsonl(path, rows):
@@ -56,8 +62,7 @@ def test_cli_scores_every_mode_on_the_same_items(checkpoint, loaded, tmp_path, c
     """Items whose answers are the intact model's own greedy outputs: mode none must score 100%, an
     impossible answer 0%; each kind is reported on its own."""
     cfg, params, tok = loaded
-    texts = ["The grass is green. The sky", "Here we go. There and", "The pass key is 12345.", "Is the city of"]
-    texts += texts[:2]  # the same batch shape as the command's, so its mode "none" reuses this compiled program
+    texts = TEXTS
     outs = generate(params, cfg, [tok.encode(t) for t in texts], 6, eos_ids=tok.eos_token_ids)
     rows = [{"prompt": t, "answer": tok.decode([i for i in o if i not in tok.eos_token_ids]), "kind": "contextual"}
             for t, o in zip(texts[:4], outs)]
@@ -87,22 +92,25 @@ def test_cli_scores_every_mode_on_the_same_items(checkpoint, loaded, tmp_path, c
 
 
 def test_config_builds_several_tasks_in_one_run(checkpoint, tmp_path):
+    """Two tasks from one config file; a command-line option overrides the file. (Same shapes and hooks as
+    the test above, so its compiled programs serve the capitals run.)"""
     config = tmp_path / "table1.json"
-    config.write_text(json.dumps({"model": checkpoint, "n": 2, "modes": ["none", "massive"], "batch_size": 2,
-                                  "perplexity": False, "max_new_tokens": 3, "runs": [
-                                      {"task": "capitals", "label": "capitals (2)"},
-                                      {"task": "facts", "category": "Science"},
-                                      {"task": "conflict"}]}))
+    config.write_text(json.dumps({"model": checkpoint, "n": 6, "batch_size": 6, "top_k": 2, "perplexity": False,
+                                  "max_new_tokens": 3, "runs": [
+                                      {"task": "capitals", "label": "capitals (6)", "modes": ["none", "massive"]},
+                                      {"task": "conflict", "modes": ["none"]}]}))
     out = tmp_path / "out"
-    assert main(["disrupt", "--config", str(config), "--out", str(out), "--lambda", "3"]) == 0
+    assert main(["disrupt", "--config", str(config), "--out", str(out), "--max-new-tokens", "6"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert [r["label"] for r in res["runs"]] == ["capitals (2)", "facts", "conflict"]
-    assert all(r["n"] == 2 and set(r["results"]) == {"none", "massive"} for r in res["runs"])
-    assert res["runs"][0]["settings"]["disruptions"]["massive"]["lam"] == 3.0
-    assert "context_rate" in res["runs"][2]["results"]["none"]
-    assert res["runs"][1]["results"]["none"]["perplexity"] is None
-    kinds = {json.loads(line)["kind"] for line in (out / "examples.jsonl").read_text().splitlines()}
-    assert kinds == {"parametric"}
+    assert [r["label"] for r in res["runs"]] == ["capitals (6)", "conflict"]
+    assert [sorted(r["results"]) for r in res["runs"]] == [["massive", "none"], ["none"]]
+    assert all(r["n"] == 6 and r["settings"]["max_new_tokens"] == 6 for r in res["runs"])
+    assert res["runs"][0]["settings"]["disruptions"]["massive"]["k"] == 2
+    assert 0 <= res["runs"][1]["results"]["none"]["context_rate"] <= 1
+    assert res["runs"][0]["results"]["none"]["perplexity"] is None
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * 3 and {r["kind"] for r in rows} == {"parametric"}
+    assert "capitals (6)" in (out / "index.html").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimal_lm import ModelConfig, forward, init_params
+from hf_testlib import random_params
+
+from minimal_lm import ModelConfig, forward
 from probes import massive
 from probes.quantize import QuantizeActs, massive_columns, quantize_heads, quantize_weights
 
@@ -71,7 +73,7 @@ def test_protected_massive_dims_are_bit_exact_and_protection_helps():
 
 @pytest.fixture(scope="module")
 def params():
-    return init_params(CFG, jax.random.PRNGKey(0))
+    return random_params(CFG, seed=0, std=0.2)
 
 
 def test_weight_error_falls_with_bits_and_protected_columns_are_exact(params):
