@@ -8,6 +8,8 @@ column over valid tokens replaced by one value: the column's mean over valid tok
 A `Disruption` is a frozen dataclass: compare it, print it (`describe()`), save it (`to_dict()`), and chain it
 with other hooks and captures (`chain(a, b, tap(...))` or `a + b`). Its `scope` says when generation applies
 it: "prefill" (the prompt only, so cached prompt keys are ablated and generated tokens are not) or "all".
+Under "all", a cached decode step sees one token, whose column mean, max and min are the token's own value:
+only "zero" then changes generated tokens' q/k (re-running the whole sequence would ablate it all).
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def ablate(x_BTHE, mask_BT=None, *, select="massive", k=1, lam=None, replace="me
     return jnp.where(write_BTHE, value_BHE[:, None], x_BTHE)
 
 
-def _tuple_of_str(name, value, allowed):
+def parse_names(name, value, allowed) -> tuple[str, ...]:
+    """A tuple of names from a tuple/list or a comma string, each one of `allowed`."""
     if isinstance(value, str):
         value = tuple(s.strip() for s in value.split(",") if s.strip())
     value = tuple(value)
@@ -82,7 +85,8 @@ def _tuple_of_str(name, value, allowed):
     return value
 
 
-def _layers(value):
+def parse_layers(value) -> tuple[int, ...] | None:
+    """None ("all") or sorted unique layer indices from ints, a list or a comma string."""
     if value is None or value == "all":
         return None
     if isinstance(value, str):
@@ -98,7 +102,8 @@ def _layers(value):
     return tuple(sorted(set(value)))
 
 
-def _in_layers(layer, layers):
+def in_layers(layer, layers):
+    """Whether a layer index (a Python int when unrolled, traced under scan) is one of `layers`."""
     if isinstance(layer, int):
         return layer in layers
     return jnp.isin(layer, jnp.asarray(layers))
@@ -133,8 +138,8 @@ class Disruption:
             object.__setattr__(self, "k", k)
         elif isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam > 0:
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
-        object.__setattr__(self, "sites", _tuple_of_str("sites", self.sites, HEAD_SITES))
-        object.__setattr__(self, "layers", _layers(self.layers))
+        object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
+        object.__setattr__(self, "layers", parse_layers(self.layers))
 
     def __call__(self, site: str, layer, x):
         return self.apply(site, layer, x, None)
@@ -147,7 +152,7 @@ class Disruption:
         if self.k is not None and self.k > x.shape[-1]:
             raise ValueError(f"k={self.k}: more dims than head_dim={x.shape[-1]} at site {site!r}")
         y = ablate(x, mask_BT, select=self.select, k=self.k, lam=self.lam, replace=self.replace)
-        return y if self.layers is None else jnp.where(_in_layers(layer, self.layers), y, x)
+        return y if self.layers is None else jnp.where(in_layers(layer, self.layers), y, x)
 
     def bind(self, mask_BT) -> "Bound":
         return Bound(self, mask_BT)

@@ -109,7 +109,8 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, help=f"items per task (default {RUN_DEFAULTS['n']})")
     p.add_argument("--seed", type=int, help="seed of the item sample and passkey keys")
     p.add_argument("--chat", action="store_true", default=None, help="prompt through the chat template")
-    p.add_argument("--modes", help="comma list of none, massive, non_massive (default all three)")
+    p.add_argument("--modes", help="comma list of none, massive, non_massive (default: these three), and "
+                   "int<bits> / int<bits>_protect (q/k rounded per token, massive dims kept with _protect)")
     p.add_argument("--top-k", type=int, help="dims per head (default 1)")
     p.add_argument("--lambda", dest="lam", type=float, help="select M > lambda * head mean instead of top-k")
     p.add_argument("--replace", choices=["mean", "zero", "max", "min"])

@@ -8,6 +8,7 @@ being defaults for all of them: {"n": 50, "runs": [{"task": "passkey", "digits":
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from minimal_lm import ModelConfig, generate
 from probes import prompts, scoring, tasks
 from probes.disrupt import SELECT, Disruption
+from probes.quantize import QuantizeActs
 
 RUN_DEFAULTS = {
     "task": None, "task_file": None, "label": None, "n": 100, "seed": 0, "chat": False,
@@ -29,9 +31,11 @@ TASK_OPTIONS = {"passkey": ("max_tokens", "digits", "position"), "facts": ("cate
 
 
 def modes_for(names, *, top_k=None, lam=None, replace="mean", scope="prefill", sites=("q", "k"),
-              layers=None) -> dict[str, Disruption | None]:
+              layers=None) -> dict:
     """Mode name -> intervention: "none" -> None, "massive"/"non_massive" -> the same Disruption but for
-    its selection (top-k, default 1, or the lambda threshold)."""
+    its selection (top-k, default 1, or the lambda threshold); "int4", "int8_protect", ... -> per-token
+    round-to-nearest of the sites at that many bits in every forward, "_protect" keeping the massive dims
+    (the same top-k or threshold) in full precision (the paper's claim 6)."""
     if isinstance(names, str):
         names = [s.strip() for s in names.split(",") if s.strip()]
     out = {}
@@ -40,8 +44,11 @@ def modes_for(names, *, top_k=None, lam=None, replace="mean", scope="prefill", s
             out[name] = None
         elif name in SELECT:
             out[name] = Disruption(name, top_k, lam, replace, sites, layers, scope)
+        elif m := re.fullmatch(r"int(\d+)(_protect)?", name):
+            out[name] = QuantizeActs(int(m.group(1)), "per_token", sites=sites, protect_massive=bool(m.group(2)),
+                                     k=top_k, lam=lam, layers=layers, scope="all")
         else:
-            raise ValueError(f"mode {name!r}: expected none, {', '.join(SELECT)}")
+            raise ValueError(f"mode {name!r}: expected none, {', '.join(SELECT)}, int<bits> or int<bits>_protect")
     if not out:
         raise ValueError("modes: expected at least one of none, massive, non_massive")
     return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from probes.disrupt import HEAD_SITES, Bound, _in_layers, _layers, _tuple_of_str, column_norms, select_dims
+from probes.disrupt import HEAD_SITES, Bound, column_norms, in_layers, parse_layers, parse_names, select_dims
 
 ACT_GRANULARITY = ("per_token", "per_channel", "per_group")
 WEIGHT_GRANULARITY = ("per_channel", "per_group")
@@ -102,8 +102,8 @@ class QuantizeActs:
             object.__setattr__(self, "k", 1)
         if self.scope not in ("prefill", "all"):
             raise ValueError(f"scope={self.scope!r}: expected 'prefill' or 'all'")
-        object.__setattr__(self, "sites", _tuple_of_str("sites", self.sites, HEAD_SITES))
-        object.__setattr__(self, "layers", _layers(self.layers))
+        object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
+        object.__setattr__(self, "layers", parse_layers(self.layers))
 
     def __call__(self, site, layer, x):
         return self.apply(site, layer, x, None)
@@ -116,7 +116,7 @@ class QuantizeActs:
         mask_BT = jnp.ones(x.shape[:2], bool) if mask_BT is None else mask_BT.astype(bool)
         keep = select_dims(column_norms(x, mask_BT), "massive", self.k, self.lam) if self.protect_massive else None
         y = quantize_heads(x, mask_BT, self.bits, self.granularity, self.group_size, keep)
-        return y if self.layers is None else jnp.where(_in_layers(layer, self.layers), y, x)
+        return y if self.layers is None else jnp.where(in_layers(layer, self.layers), y, x)
 
     def bind(self, mask_BT) -> Bound:
         return Bound(self, mask_BT)
@@ -146,7 +146,7 @@ def quantize_weights(params: dict, bits: int, *, granularity: str = "per_channel
     if granularity not in WEIGHT_GRANULARITY:
         raise ValueError(f"granularity={granularity!r}: expected one of {', '.join(WEIGHT_GRANULARITY)}")
     layers = params["layers"]
-    targets = _tuple_of_str("targets", targets, tuple(k for k in INPUT_AXES if k in layers))
+    targets = parse_names("targets", targets, tuple(k for k in INPUT_AXES if k in layers))
     protect = protect or {}
     unknown = sorted(set(protect) - set(targets))
     if unknown:

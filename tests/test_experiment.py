@@ -134,4 +134,11 @@ def test_config_errors_name_the_run_and_key(tmp_path):
     bad.write_text("{\"runs\": []}")
     with pytest.raises(ValueError, match="non-empty list"):
         load_config(bad)
-    assert list(modes_for("none,massive")) == ["none", "massive"]
+
+def test_modes_cover_disruptions_and_quantization():
+    modes = modes_for("none,massive,non_massive,int4,int4_protect", lam=4.0, replace="zero")
+    assert modes["none"] is None and modes["massive"].lam == 4.0 and modes["non_massive"].replace == "zero"
+    assert modes["int4"].bits == 4 and not modes["int4"].protect_massive and modes["int4"].scope == "all"
+    assert modes["int4_protect"].protect_massive and modes["int4_protect"].lam == 4.0
+    with pytest.raises(ValueError, match="mode 'int4protect'"):
+        modes_for("int4protect")
