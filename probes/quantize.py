@@ -100,6 +100,10 @@ class QuantizeActs:
             raise ValueError(f"k={self.k} and lam={self.lam}: give one rule for the protected dims")
         if self.lam is None and self.k is None:
             object.__setattr__(self, "k", 1)
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"k={self.k!r}: expected a positive number of protected dims per head")
+        if self.lam is not None and not self.lam > 0:
+            raise ValueError(f"lam={self.lam!r}: expected a positive number")
         if self.scope not in ("prefill", "all"):
             raise ValueError(f"scope={self.scope!r}: expected 'prefill' or 'all'")
         object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))

@@ -3,7 +3,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from hf_testlib import save, tiny_hf, tiny_tokenizer
 

@@ -123,6 +123,7 @@ def test_massive_columns_of_a_planted_dim(params):
     (lambda: QuantizeActs(bits=1), "bits=1"), (lambda: QuantizeActs(granularity="per_row"), "per_row"),
     (lambda: QuantizeActs(granularity="per_group"), "group_size"),
     (lambda: QuantizeActs(k=1, lam=5.0), "one rule"),
+    (lambda: QuantizeActs(k=0), "k=0"), (lambda: QuantizeActs(lam=-1.0), "lam=-1.0"),
     (lambda: quantize_heads(jnp.ones((1, 2, 1, 6)), None, 4, "per_group", 4), "divisor of head_dim=6"),
     (lambda: quantize_weights({"layers": {"wq": 0}}, 4, granularity="rows"), "rows"),
     (lambda: quantize_weights({"layers": {"wq": 0}}, 4, targets=("wq", "embed")), "embed"),
