@@ -159,15 +159,17 @@ class Disruption:
 
     def describe(self) -> str:
         if self.lam is not None:
-            rule = (f"massive dims (M > {self.lam:g} x head mean)" if self.select == "massive" else
-                    f"as many smallest-norm dims as are massive at lam={self.lam:g}")
+            rule = (f"the massive dims (M > {self.lam:g} x head mean)" if self.select == "massive" else
+                    f"as many smallest-norm (non-massive) dims as are massive at lam={self.lam:g}")
+        elif self.select == "massive":
+            rule = f"the top-{self.k} largest-norm (massive) dims"
         else:
-            rule = f"top-{self.k} {'largest' if self.select == 'massive' else 'smallest'}-norm dims"
+            rule = f"the {self.k} smallest-norm (non-massive) dims"
         value = {"mean": "their mean", "zero": "zero", "max": "their max", "min": "their min"}[self.replace]
         layers = "every layer" if self.layers is None else "layers " + ",".join(map(str, self.layers))
         when = "prompt (prefill) only" if self.scope == "prefill" else "every forward"
         sites = ", ".join(self.sites) or "no site"
-        return f"{self.select}: per example and head, {rule} of {sites} set to {value}; {layers}; {when}"
+        return f"per example and head, {rule} of {sites} set to {value}; {layers}; {when}"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

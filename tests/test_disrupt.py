@@ -214,7 +214,7 @@ def test_chain_composes_in_order_and_with_captures(params, batch, cfg, plain):
     np.testing.assert_allclose(out.captured["q"]["raw"][0], q0, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.captured["q"]["q_sq"], (out.captured["q"]["raw"] ** 2).sum((1, 2, 3, 4)),
                                rtol=1e-5)
-    assert "massive" in c.describe() and "then" in c.describe() and "q_sq" in c.describe()
+    assert "(massive)" in c.describe() and "then" in c.describe() and "q_sq" in c.describe()
     assert c.scope == "prefill"
     with pytest.raises(ValueError, match="mixes scopes"):
         chain(a, disrupt(scope="all")).scope
@@ -225,8 +225,8 @@ def test_value_semantics_print_and_round_trip():
     assert d == Disruption.from_dict(d.to_dict()) and hash(d) == hash(Disruption.from_dict(d.to_dict()))
     assert d.layers == (0, 2) and d.sites == ("k",) and d.k is None
     text = d.describe()
-    assert "non_massive" in text and "lam=5" in text and "layers 0,2" in text and "every forward" in text
-    assert "top-1 largest" in disrupt().describe() and "prefill" in disrupt().describe()
+    assert "non-massive" in text and "lam=5" in text and "layers 0,2" in text and "every forward" in text
+    assert "top-1 largest-norm (massive)" in disrupt().describe() and "prefill" in disrupt().describe()
     assert "Disruption(select='non_massive'" in repr(d)
 
 
