@@ -108,15 +108,15 @@ def peer(s: dict, full: bool) -> dict:
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--variants", help="ours: comma-separated layer variants (default: scan,unroll on CPU, "
-                                      "scan on a GPU, where an unrolled 32-layer 8B model compiles slowly)")
+    p.add_argument("--variants", default="scan", help="ours: comma-separated layer variants, of scan,unroll "
+                                                      "(an unrolled 32-layer 8B model compiles slowly)")
     args = p.parse_args()
     if args.side:
         s = shape(not args.tiny)
         return emit(ours(s, not args.tiny, args.variants.split(",")) if args.side == "ours" else peer(s, not args.tiny))
     full = full_mode(args)
     s = shape(full)
-    variants = (args.variants or ("scan" if full else ",".join(VARIANTS))).split(",")
+    variants = args.variants.split(",")
     if set(variants) - set(VARIANTS):
         raise SystemExit(f"--variants: expected some of {', '.join(VARIANTS)}, got {args.variants!r}")
     argv = ["--full"] if full else ["--tiny"]

@@ -169,12 +169,14 @@ def peer(s: dict, full: bool) -> dict:
 def main():
     p = parser(__doc__)
     p.add_argument("--batch", type=int, help="override the batch size")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="ours: comma-separated layers/remat variants")
+    p.add_argument("--variants", help="ours: comma-separated layers/remat variants (default: all four on a GPU, "
+                                      "scan/none,unroll/none on CPU)")
     args = p.parse_args()
     if args.side:
         s = shape(not args.tiny, args.batch)
         return emit(ours(s, not args.tiny, args.variants.split(",")) if args.side == "ours" else peer(s, not args.tiny))
     full = full_mode(args)
+    args.variants = args.variants or ",".join(VARIANTS if full else VARIANTS[::2])
     s = shape(full, args.batch)
     argv = (["--full"] if full else ["--tiny"]) + (["--batch", str(args.batch)] if args.batch else [])
     tokens = s["batch"] * s["seq"]
