@@ -149,3 +149,13 @@ def test_load_run_corrupt_checkpoint(rope_run, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"checkpoints/30: cannot restore params"):
         load_run(tmp_path, step=30)
+
+
+def test_demo_trains_rope_and_nope_and_reports(tmp_path, capsys):
+    from train.demo import main as demo
+
+    assert demo(["--out", str(tmp_path), *TINY, "train.stop_after=5"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny_rope", "tiny_nope"):
+        assert is_run_dir(tmp_path / name) and str(tmp_path / name) in out
+        assert re.search(rf"{name}\s+5\s+\d+\.\d+\s+{unigram_entropy(tiny().data, 49):.3f}", out)

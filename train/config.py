@@ -78,8 +78,8 @@ class DataConfig:
         if self.kind == "shards" and not self.path:
             raise ConfigError("data.path is empty: data.kind='shards' needs a directory written by "
                               "`python -m train prepare`")
-        for name in ("num_facts", "passkey_digits", "recall_pairs"):
-            _check(f"data.{name}", getattr(self, name), lambda v: v > 0, "a positive integer")
+        for name, most in (("num_facts", 50_000), ("passkey_digits", 1000), ("recall_pairs", 100)):
+            _check(f"data.{name}", getattr(self, name), lambda v: 0 < v <= most, f"an integer from 1 to {most}")
         _check("data.seed", self.seed, lambda v: v >= 0, "an integer >= 0")
         _check("data.facts_seed", self.facts_seed, lambda v: v >= 0, "an integer >= 0")
 

@@ -1,5 +1,4 @@
-"""A synthetic byte-level corpus that a small model learns in minutes, mixing the two kinds of
-knowledge the paper separates:
+"""A synthetic byte-level corpus mixing the two kinds of knowledge the paper separates:
 
 - contextual: a pass key ("The pass key is 48213. Remember it. 48213 is the pass key.") or a list
   of key=value pairs, asked about later in the same sequence, so the answer must be copied;
@@ -8,7 +7,9 @@ knowledge the paper separates:
 - filler: the paper's passkey filler sentences.
 
 Every sequence is a pure function of (seed, split, step, row). `eval_items` builds held-out prompts
-that end right before the answer, for scoring by generation.
+that end right before the answer, for scoring by generation. Measured on 2 CPU cores (tiny_rope):
+the formats are learned in the shipped 150 steps, the facts by about 1000 steps; copying pass keys
+was not learned within 1500 steps (it needs longer runs).
 """
 from __future__ import annotations
 
