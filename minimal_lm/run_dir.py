@@ -8,9 +8,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from minimal_lm.config import ConfigError, ModelConfig
 from minimal_lm.model import init_params
+from minimal_lm.safetensors_io import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
@@ -30,10 +32,10 @@ def is_run_dir(path) -> bool:
 def read_model_config(path) -> ModelConfig:
     f = Path(path) / "config.json"
     try:
-        d = json.loads(f.read_text())
+        d = json.loads(f.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{f}: not found; is {path} a run directory?") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{f}: not valid JSON ({e})") from None
     if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
         raise ConfigError(f"{f}: expected a \"model\" section (a run directory's config.json)")
@@ -64,15 +66,70 @@ def checkpoint_steps(path) -> list[int]:
 
 
 def abstract(tree):
-    """ShapeDtypeStructs (with the arrays' shardings) describing `tree`, as orbax restores want."""
+    """ShapeDtypeStructs describing `tree`, as orbax restores want: with the arrays' shardings, or on
+    the first device for shapes without one (never the shardings the checkpoint was saved with)."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", device)), tree)
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None) or device), tree)
+
+
+def checksums(tree) -> dict[str, int]:
+    """Per-leaf checksums of the exact bits (uint32 sums weighted by odd position factors, so any
+    single changed bit shows). Orbax does not checksum array data: a flipped bit restores silently."""
+    sums = jax.device_get(_checksums(tree))
+    return {jax.tree_util.keystr(k): int(v) for k, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+@jax.jit
+def _checksums(tree):
+    def one(x):
+        bits = jnp.dtype(x.dtype).itemsize * 8
+        u = (x.astype(jnp.uint32) if x.dtype == jnp.bool_ else
+             jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")).astype(jnp.uint32))
+        odd = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape) * 2 + 1
+        return jnp.sum(u * odd, dtype=jnp.uint32)
+    return jax.tree.map(one, tree)
+
+
+def verify(tree, expected: dict | None, where: str) -> None:
+    """Raise CheckpointError naming the first leaf whose checksum differs from `expected` (a dict
+    from `checksums`); None (a checkpoint written before checksums) is accepted."""
+    if expected is None:
+        return
+    got = checksums(tree)
+    if set(got) != set(expected):
+        raise CheckpointError(f"{where}: holds leaves {sorted(expected)[:4]}..., expected {sorted(got)[:4]}...")
+    bad = [k for k in got if got[k] != expected[k]]
+    if bad:
+        raise CheckpointError(f"{where}: data of {', '.join(bad[:4])}{' and more' if len(bad) > 4 else ''} "
+                              f"does not match its checksum (corrupt file)")
+
+
+def shape_mismatches(item_dir, like) -> list[str]:
+    """Leaves whose stored shape or dtype in the orbax item at `item_dir` differs from `like`'s, as
+    'name: stored [..] dtype, expected [..] dtype' (empty when all match or the metadata is unreadable)."""
+    import orbax.checkpoint as ocp
+
+    try:
+        meta = ocp.PyTreeCheckpointHandler().metadata(Path(item_dir).absolute())
+        stored = jax.tree_util.tree_flatten_with_path(getattr(meta, "tree", meta))[0]
+    except Exception:  # missing or damaged metadata: the restore itself reports the problem
+        return []
+    stored = {jax.tree_util.keystr(k): v for k, v in stored}
+    out = []
+    for k, a in jax.tree_util.tree_flatten_with_path(like)[0]:
+        name, s = jax.tree_util.keystr(k), stored.get(jax.tree_util.keystr(k))
+        if s is None:
+            out.append(f"{name}: missing")
+        elif tuple(s.shape) != tuple(a.shape) or np.dtype(s.dtype) != np.dtype(a.dtype):
+            out.append(f"{name}: stored {list(s.shape)} {np.dtype(s.dtype)}, expected {list(a.shape)} {np.dtype(a.dtype)}")
+    return out
 
 
 def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, dict, str | None]:
     """(config, params, tokenizer.json path or None) of a run at `step` (default: the latest).
-    With `dtype`, float params are cast and the config's dtype and param_dtype set to it."""
+    With `dtype`, float params are cast and the config's dtype and param_dtype set to it. A checkpoint
+    that does not fit config.json or fails its checksums raises CheckpointError naming it."""
     import orbax.checkpoint as ocp
 
     path = Path(path)
@@ -84,13 +141,23 @@ def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, di
     if step not in steps:
         raise FileNotFoundError(f"{path / CHECKPOINTS}: no checkpoint at step {step}; available: {steps}")
     target = abstract(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    where = path / CHECKPOINTS / str(step)
+    wrong = shape_mismatches(where / PARAMS, target)
+    if wrong:
+        raise CheckpointError(f"{where}: cannot restore params for the model in {path / 'config.json'}: "
+                              f"the checkpoint holds another model ({'; '.join(wrong[:4])})")
     try:
         with checkpoint_manager(path) as mngr:
-            args = ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)})
-            params = mngr.restore(step, args=args)[PARAMS]
+            items = {PARAMS: ocp.args.StandardRestore(target)}
+            if (where / META).is_dir():
+                items[META] = ocp.args.JsonRestore()
+            got = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types for missing files, bad shapes and corrupt data
-        raise ValueError(f"{path / CHECKPOINTS / str(step)}: cannot restore params for the model in "
-                         f"{path / 'config.json'}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"{where}: cannot restore params for the model in "
+                              f"{path / 'config.json'}: {type(e).__name__}: {e}") from e
+    params = got[PARAMS]
+    meta = got[META] if META in items else {}
+    verify(params, (meta.get("checksums") or {}).get(PARAMS), f"{where}/{PARAMS}")
     if dtype is not None:
         name = jnp.dtype(dtype).name
         params = jax.tree.map(lambda a: a.astype(name) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)

@@ -13,7 +13,10 @@ AXES = ("data", "fsdp")
 
 
 def make_mesh(shape: tuple[int, int] | None = None, devices=None) -> Mesh:
-    """A (data, fsdp) mesh over `devices` (default: all). shape=None puts every device on fsdp."""
+    """A (data, fsdp) mesh over `devices` (default: all, or the first data * fsdp of them).
+    shape=None puts every device on fsdp."""
+    if devices is None and shape is not None:
+        devices = jax.devices()[: max(1, int(shape[0]) * int(shape[1]))]
     devices = list(jax.devices() if devices is None else devices)
     data, fsdp = (1, len(devices)) if shape is None else (int(shape[0]), int(shape[1]))
     if data * fsdp != len(devices) or data < 1 or fsdp < 1:

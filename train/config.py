@@ -31,6 +31,7 @@ class TrainConfig:
     b2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 turns it off
+    skip_nonfinite: int = 0  # skip up to this many non-finite steps in a row (state unchanged); 0: stop at one
     seed: int = 0  # parameter init
     eval_every: int = 100  # 0: only at the end
     eval_batches: int = 4
@@ -40,23 +41,26 @@ class TrainConfig:
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: off)
     stop_after: int = 0  # stop at this step without changing the schedule (0: run to `steps`)
     overwrite: bool = False  # start over in a run directory that holds another run
+    mesh_data: int = 1  # devices along the mesh's data axis (batches split)
+    mesh_fsdp: int = 0  # devices along fsdp (params, optimizer state and batches split); 0: all the rest
     progress: bool = True
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "eval_batches", "log_every", "checkpoint_every",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "mesh_data"):
             _check(f"train.{name}", getattr(self, name), lambda v: v > 0, "a positive integer")
-        for name in ("warmup_steps", "eval_every", "keep_every", "stop_after", "seed"):
+        for name in ("warmup_steps", "eval_every", "keep_every", "stop_after", "seed", "mesh_fsdp"):
             _check(f"train.{name}", getattr(self, name), lambda v: v >= 0, "an integer >= 0")
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"train.warmup_steps={self.warmup_steps}: expected fewer than train.steps={self.steps}")
         for name in ("lr", "b1", "b2", "eps", "min_lr_ratio", "weight_decay", "grad_clip"):
             _check(f"train.{name}", getattr(self, name), lambda v: v >= 0, "a number >= 0", float)
+        _check("train.skip_nonfinite", self.skip_nonfinite, lambda v: v >= 0, "an integer >= 0")
 
 
 CONTROL_KEYS = frozenset(f"train.{k}" for k in (
     "eval_every", "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints", "keep_every",
-    "stop_after", "overwrite", "progress"))
+    "stop_after", "overwrite", "progress", "skip_nonfinite", "mesh_data", "mesh_fsdp"))
 """Keys that do not change the trained params: a run may resume with different values."""
 
 

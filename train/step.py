@@ -1,5 +1,5 @@
-"""The one place that creates params and optimizer state and defines the jitted train/eval steps, so
-that shardings over a (data, fsdp) mesh can later be added here and nowhere else."""
+"""The one place that creates params and optimizer state and defines the jitted train/eval steps, with
+their shardings over a (data, fsdp) mesh (one device: a 1 x 1 mesh)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from minimal_lm.config import ModelConfig
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from minimal_lm.config import ConfigError, ModelConfig
 from minimal_lm.model import forward, init_params
+from minimal_lm.sharding import batch_sharding, make_mesh, state_shardings
 from train.config import CONTROL_KEYS, TrainConfig
 
 
@@ -39,11 +42,33 @@ def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw) if tc.grad_clip else adamw
 
 
-def init_state(cfg: ModelConfig, tc: TrainConfig) -> TrainState:
-    """Fresh params and optimizer state, committed to one device like restored checkpoints (so both
-    hit the same compiled step)."""
+def mesh_for(tc: TrainConfig) -> Mesh:
+    """The (data, fsdp) mesh of train.mesh_data x train.mesh_fsdp devices (fsdp 0: all the rest)."""
+    data = tc.mesh_data
+    fsdp = tc.mesh_fsdp or max(1, jax.device_count() // data)
+    if tc.batch_size % (data * fsdp):
+        raise ConfigError(f"train.batch_size={tc.batch_size} does not split over the mesh's {data} x {fsdp} "
+                          f"devices (train.mesh_data x train.mesh_fsdp); use a multiple of {data * fsdp}")
+    try:
+        return make_mesh((data, fsdp))
+    except ValueError as e:
+        raise ConfigError(f"train.mesh_data={data}, train.mesh_fsdp={tc.mesh_fsdp}: {e}") from None
+
+
+def _fresh_state(cfg: ModelConfig, tc: TrainConfig) -> TrainState:
     params = init_params(cfg, jax.random.key(tc.seed))
-    return jax.device_put(TrainState(params, optimizer(tc).init(params)), jax.devices()[0])
+    return TrainState(params, optimizer(tc).init(params))
+
+
+def state_shardings_for(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh):
+    return state_shardings(jax.eval_shape(lambda: _fresh_state(cfg, tc)), mesh)
+
+
+def init_state(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh | None = None) -> TrainState:
+    """Fresh params and optimizer state, created already split over the mesh (no full host copy), with
+    the same shardings as restored checkpoints and the compiled step."""
+    mesh = mesh or mesh_for(tc)
+    return jax.jit(lambda: _fresh_state(cfg, tc), out_shardings=state_shardings_for(cfg, tc, mesh))()
 
 
 def loss_fn(params, tokens_BT1, cfg: ModelConfig):
@@ -52,12 +77,14 @@ def loss_fn(params, tokens_BT1, cfg: ModelConfig):
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT1[:, 1:]).mean()
 
 
-def steps(cfg: ModelConfig, tc: TrainConfig) -> tuple[Callable, Callable]:
+def steps(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh | None = None) -> tuple[Callable, Callable]:
     """(train_step(state, tokens, step) -> (state, {loss, grad_norm, lr}),
     eval_loss(params, tokens) -> loss). The train step donates the state; metrics stay on device.
+    State is split over the mesh's fsdp axis, batches over all devices.
     Cached: runs that differ only in bookkeeping keys reuse the compiled functions."""
+    mesh = mesh or mesh_for(tc)
     return _steps(cfg, dataclasses.replace(tc, **{k.split(".")[1]: getattr(TrainConfig, k.split(".")[1])
-                                                  for k in CONTROL_KEYS}))
+                                                  for k in CONTROL_KEYS}), mesh)
 
 
 def _norm(tree):
@@ -65,17 +92,20 @@ def _norm(tree):
 
 
 @functools.lru_cache(maxsize=16)
-def _steps(cfg: ModelConfig, tc: TrainConfig):
+def _steps(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh):
     opt, lr = optimizer(tc), schedule(tc)
+    state_sh, batch_sh = state_shardings_for(cfg, tc, mesh), batch_sharding(mesh)
+    replicated = NamedSharding(mesh, P())
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
+                       out_shardings=(state_sh, replicated))
     def train_step(state: TrainState, tokens_BT1, step):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BT1, cfg)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state), {"loss": loss, "grad_norm": _norm(grads), "lr": lr(step)}
 
-    @jax.jit
+    @functools.partial(jax.jit, in_shardings=(state_sh.params, batch_sh), out_shardings=replicated)
     def eval_loss(params, tokens_BT1):
         return loss_fn(params, tokens_BT1, cfg)
 
