@@ -16,7 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="a Python file exposing CONFIG = RunConfig(...)")
     p.add_argument("--out", required=True, help="run directory (created, or resumed if it holds this run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.position=alibi train.steps=200")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (one process per host: TPU pod slices, "
+                        "several GPU hosts; the usual JAX coordinator environment variables apply)")
     args = p.parse_args(argv)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
     from train.config import load_config
     from train.loop import NonFiniteLoss, run
 

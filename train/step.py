@@ -8,6 +8,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -109,4 +110,21 @@ def _steps(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh):
     def eval_loss(params, tokens_BT1):
         return loss_fn(params, tokens_BT1, cfg)
 
-    return train_step, eval_loss
+    def global_batch(tokens_BT1):
+        """Every process computes the same global batch (a pure function of the step) and places only
+        the rows its own devices hold: the same code on one host or many."""
+        if isinstance(tokens_BT1, jax.Array):
+            return tokens_BT1
+        tokens_BT1 = np.asarray(tokens_BT1)
+        return jax.make_array_from_callback(tokens_BT1.shape, batch_sh, lambda index: tokens_BT1[index])
+
+    return _feeding(train_step, global_batch), _feeding(eval_loss, global_batch)
+
+
+def _feeding(jitted, place):
+    """`jitted` with its second argument (the batch) placed by `place`; `.lower` is the jitted one's."""
+    def call(first, tokens_BT1, *rest):
+        return jitted(first, place(tokens_BT1), *rest)
+
+    call.lower = jitted.lower
+    return call
