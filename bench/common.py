@@ -162,6 +162,7 @@ class Report:
 
     def __init__(self, title: str, full: bool, shapes: str):
         self.title, self.full, self.shapes, self.rows, self.notes = title, full, shapes, [], []
+        self.load = _loadavg()
         print(f"== {title} ({'full' if full else 'tiny CPU'} shapes: {shapes})", flush=True)
 
     def row(self, what: str, ours: float | None, peer: float | None, unit: str, higher_is_better: bool | None = True):
@@ -182,13 +183,23 @@ class Report:
         if not path:
             return
         lines = [f"\n### {self.title}: {'full' if self.full else 'tiny CPU'} shapes, "
-                 f"{datetime.date.today().isoformat()}\n", f"Machine: {machine()}. {versions()}.\n",
+                 f"{datetime.datetime.now().isoformat(timespec='minutes')}\n",
+                 f"Machine: {machine()}. {versions()}. Load average (1 min) at start / end: "
+                 f"{self.load} / {_loadavg()}.\n",
                  f"Shapes: {self.shapes}\n", "| what | ours | peer | unit | ratio (>1: ours better) |",
                  "|---|---|---|---|---|"]
         lines += [f"| {w} | {_fmt(o)} | {_fmt(p)} | {u} | {_ratio(r)} |" for w, o, p, u, r in self.rows]
-        lines += [f"\n- {n}" for n in self.notes]
+        lines += [""] + [f"- {n}" for n in self.notes]
         with open(path, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
 
 
 def _ratio(r):
