@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd")
+COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd", "probes.study_cmd", "probes.report_cmd")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,298 @@
+"""`python -m probes report DIR`: the study report (or one run's) from saved records and results only,
+no training: loss curves, emergence curves against the step-0 record, Figure-2 heatmaps at chosen steps,
+the disruption table and an auto-written summary. DIR is a study directory (study.json; writes
+DIR/index.html) or a run directory with probes/ (writes DIR/report/index.html)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minimal_lm import ModelConfig
+from probes import emergence as em
+from probes.html import Figure, Section, Table, write_index
+from probes.massive import frequency_map
+from probes.records import read_records
+
+DEFAULTS = {"lam": 5.0, "top_k": 1, "heatmap_steps": [], "heatmap_layers": []}
+CANNOT = ("What it cannot show: the paper's claims are about models trained on billions to trillions of tokens. "
+          "In models of a few million parameters Q/K concentration grows over tens of millions of tokens, so a "
+          "study that trains for minutes shows at best the start of a trend, and a difference between schemes of "
+          "this size may be noise of one seed. After RoPE, the low-frequency share is high already at step 0 (a "
+          "fast-rotating pair spreads its mass over both of its dims, a slow pair keeps it where it was): read it "
+          "against the step-0 value and against Q/K before RoPE, never on its own. For a longer run, raise "
+          "train.steps (e.g. `study.probe_every=50 train.steps=2000`) or use configs/study_gpu.py.")
+
+
+def write_report(path) -> Path:
+    """Regenerate figures and index.html for a study or run directory; returns index.html's path."""
+    path = Path(path)
+    if (path / "study.json").is_file():
+        settings = _read_json(path / "study.json")
+        out, runs = path, {s: path / s for s in settings["study"]["schemes"]}
+    elif (path / "config.json").is_file():
+        parent = path.parent / "study.json"
+        settings = {**_read_json(path / "config.json"),
+                    "study": _read_json(parent)["study"] if parent.is_file() else {}}
+        out, runs = path / "report", {path.name: path}
+    else:
+        raise FileNotFoundError(f"{path}: neither a study directory (study.json) nor a run directory (config.json)")
+    st = {**DEFAULTS, **settings.get("study", {})}
+    data = {name: _load(run_dir, st) for name, run_dir in runs.items()}
+    present = {n: d for n, d in data.items() if d}
+    if not present:
+        raise FileNotFoundError(f"{path}: no run with probe records or metrics among {', '.join(runs)}; "
+                                "train with `python -m probes study`")
+    figs = out / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    sections = [Section("Summary", paragraphs=summary_paragraphs(data, settings, st))]
+    loss = em.loss_figure({n: d["metrics"] for n, d in present.items()}, figs / "loss.png",
+                          entropy=settings.get("unigram_entropy"))
+    sections.append(Section("Loss", figures=[_fig(loss, out, "Train loss (lines) and eval loss (dots) per scheme; "
+                                                            "log scale. Dashed: loss of the best context-free model.")]))
+    with_records = {n: d["records"] for n, d in present.items() if d["records"]}
+    if len(with_records) > 1:
+        f = em.comparison_figure(with_records, figs / "emergence_schemes.png", lam=st["lam"])
+        sections.append(Section("Emergence across schemes", figures=[_fig(
+            f, out, "Largest max ratio over layers of Q and K (after rotation for RoPE) and V, per scheme; hollow "
+            "circles: step 0 (random init); dashed: λ.")]))
+    for name, d in present.items():
+        sections.append(_scheme_section(name, d, st, out, figs))
+    sections += _disruption_sections(present, out, figs)
+    sections.append(_cost_section(present))
+    if settings.get("command"):
+        sections.append(Section("Command", code=settings["command"]))
+    title = "Massive values over training: " + ", ".join(em.label(n) for n in runs)
+    return write_index(out, title, sections, intro=_intro(data, settings))
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _load(run_dir: Path, st: dict) -> dict | None:
+    """Everything the report draws from one run directory; None when it holds no run yet."""
+    if not (run_dir / "config.json").is_file():
+        return None
+    records = read_records(run_dir)
+    metrics = em.read_jsonl(run_dir / "metrics.jsonl")
+    if not records and not metrics:
+        return None
+    config = _read_json(run_dir / "config.json")
+    model = ModelConfig.from_dict(config["model"], f"{run_dir / 'config.json'}: model")
+    finals = sorted((run_dir / "disruption").glob("step_*/results.json"))
+    final = _read_json(finals[-1]) if finals else None
+    timing = run_dir / "timing.json"
+    return {"dir": run_dir, "config": config, "model": model, "records": records, "metrics": metrics,
+            "freq": frequency_map(model), "summary": em.summarize(records, st["lam"]),
+            "final": final, "final_dir": finals[-1].parent if finals else None,
+            "final_acc": em.accuracy_by_kind(final) if final else None,
+            "log": em.read_disruption_log(run_dir), "timing": _read_json(timing) if timing.is_file() else {}}
+
+
+def _fig(path, out, caption):
+    return Figure(str(Path(path).relative_to(out)), caption)
+
+
+def _intro(data, settings):
+    some = next(d for d in data.values() if d)
+    m, t = some["model"], some["config"]["train"]
+    missing = [n for n, d in data.items() if not d]
+    lines = [f"Model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads of {m.dim_per_head} "
+             f"({m.kv_heads} KV heads); data: {some['config']['data']['kind']}; {t['steps']} steps of "
+             f"{t['batch_size']} x {t['seq_len']} tokens; init seed {t['seed']}. Only model.position differs between "
+             "schemes (same data order and init)."]
+    if missing:
+        lines.append(f"Missing: {', '.join(missing)} (no run directory with records or metrics yet; rerun the study "
+                     "to train it). Everything below covers the other schemes only.")
+    return lines
+
+
+def _heatmap_steps(records, wanted):
+    steps = [r.step for r in records]
+    wanted = wanted or [steps[0], steps[-1]]
+    return sorted({min(steps, key=lambda s: (abs(s - w), s)) for w in wanted})
+
+
+def _heatmap_layers(n_layers, wanted):
+    return list(wanted) if wanted else list(range(n_layers)) if n_layers <= 4 else [0, n_layers // 2, n_layers - 1]
+
+
+def _scheme_section(name, d, st, out, figs):
+    records, rotated = d["records"], d["freq"]["rotated"]
+    title = em.label(name)
+    if not records:
+        return Section(title, paragraphs=["No probe records (probes/ is empty): nothing to draw but the loss."])
+    figures = [_fig(em.emergence_figure(records, figs / f"{name}_emergence.png", lam=st["lam"],
+                                        chance=d["freq"]["chance_share"], rotated=rotated, title=title), out,
+                    f"{title}: max ratio and low-frequency share of top-{st['top_k']} mass per layer against step; "
+                    "dotted lines: each layer's step-0 value; dashed: λ (top) and chance (bottom).")]
+    by_step = {r.step: r for r in records}
+    layers = _heatmap_layers(d["model"].num_layers, st["heatmap_layers"])
+    for step in _heatmap_steps(records, st["heatmap_steps"]):
+        f = em.heatmap_figure(by_step[step], figs / f"{name}_heatmap_step{step}.png", layers=layers, rotated=rotated,
+                              low_E=d["freq"]["low_E"], title=f"{title}, step {step}")
+        figures.append(_fig(f, out, f"{title}, step {step} ({by_step[step].tokens_seen:,} tokens): M[head, dim] "
+                                    "per layer and site (the paper's Figure 2)" +
+                            ("; red marks: lowest-frequency quarter" if rotated else "")))
+    rows = []
+    for site, layers_s in d["summary"]["sites"].items():
+        if not rotated and site in ("q_pre", "k_pre"):
+            continue
+        for i, x in enumerate(layers_s):
+            rows.append([site, i, x["init"], x["final"], f"{x['peak']:.3g} @ {x['peak_step']}", x["first_massive_step"],
+                         x["largest_rise_step"], f"{x['massive_count_init']} → {x['massive_count_final']}",
+                         x["lowfreq_init"], x["lowfreq_final"]])
+    table = Table(["site", "layer", "max ratio @0", "final", "peak @ step", f"first > λ={st['lam']:g}",
+                   "largest rise @", "massive dims", "low-freq @0", "final"], rows,
+                  caption=f"{title}: per site and layer (chance low-freq share {d['freq']['chance_share']:.2f})")
+    return Section(f"{title}: emergence and Figure 2", figures=figures, tables=[table])
+
+
+def _disruption_sections(present, out, figs):
+    rows, notes = [], []
+    for name, d in present.items():
+        if not d["final_acc"]:
+            continue
+        step = int(d["final_dir"].name.split("_")[1])
+        notes.append(f"{em.label(name)}: {d['final_dir'].relative_to(out.parent if out.name == 'report' else out)}"
+                     f"/index.html (step {step}; per-item outputs in examples.jsonl)")
+        modes = list(d["final_acc"])
+        for kind in d["final_acc"][modes[0]]:
+            rows.append([em.label(name), step, kind, d["final_acc"][modes[0]][kind]["n"],
+                         *(_pct(d["final_acc"].get(m, {}).get(kind)) for m in ("none", "massive", "non_massive"))])
+    if not rows:
+        return [Section("Disruption", paragraphs=["No disruption results yet."])]
+    table = Table(["scheme", "step", "kind", "n", "none", "massive", "non_massive"], rows,
+                  caption="Accuracy (%) of the final models: intact, massive dims disrupted, as many non-massive dims "
+                          "disrupted (top-k per head of Q and K, replaced by their mean over the prompt)")
+    figures = []
+    logs = {n: d["log"] for n, d in present.items() if len(d["log"]) > 1}
+    if logs:
+        figures.append(_fig(em.disruption_figure(logs, figs / "disruption_over_training.png"), out,
+                            "Accuracy per mode during training (solid: none, dashed: massive, dotted: non-massive)."))
+    return [Section("Disruption", paragraphs=notes, tables=[table], figures=figures)]
+
+
+def _pct(x):
+    return None if x is None else round(100 * x["accuracy"], 1)
+
+
+def _cost_section(present):
+    rows = []
+    for name, d in present.items():
+        probe_s = [m["probe_s"] for m in d["metrics"] if "probe_s" in m]
+        disrupt_s = sum(m.get("disrupt_s", 0.0) for m in d["metrics"])
+        rows.append([em.label(name), d["metrics"][-1]["step"] if d["metrics"] else None, d["timing"].get("train_s"),
+                     len(probe_s), float(np.sum(probe_s)) if probe_s else None, disrupt_s or None,
+                     d["timing"].get("final_s")])
+    return Section("Cost", tables=[Table(
+        ["scheme", "steps", "train wall s (with probes)", "probes", "probe s", "disruption during training s",
+         "final disruption s"], rows, caption="Wall time per phase (summed over resumed invocations)")])
+
+
+# ---- the auto-written summary ------------------------------------------------------------------------
+
+
+def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
+    present = {n: d for n, d in data.items() if d}
+    lam, out = st["lam"], []
+    losses = {n: next((m["eval_loss"] for m in reversed(d["metrics"]) if "eval_loss" in m), None)
+              for n, d in present.items()}
+    entropy = settings.get("unigram_entropy")
+    some = next(iter(present.values()))
+    step = some["metrics"][-1]["step"] if some["metrics"] else 0
+    tokens = step * some["config"]["train"]["batch_size"] * some["config"]["train"]["seq_len"]
+    out.append(f"Trained {len(present)} scheme(s) for {step} steps ({tokens:,} tokens each). Final eval loss: "
+               + ", ".join(f"{em.label(n)} {v:.3f}" for n, v in losses.items() if v is not None)
+               + (f" (unigram entropy {entropy:.3f}: below it, a model uses context)." if entropy else "."))
+    massive = []
+    for n, d in present.items():
+        s = d["summary"]
+        if not s or not s["has_step0"]:
+            massive.append(f"{em.label(n)}: no step-0 record, so no baseline to compare with.")
+            continue
+        parts = []
+        for site in ("q", "k", "v"):
+            x = s["sites"][site]
+            init, final = max(l["init"] for l in x), max(l["final"] for l in x)
+            born = [i for i, l in enumerate(x) if l["first_massive_step"] is not None and not l["massive_at_init"]]
+            parts.append(f"{site.upper()} {init:.2f} → {final:.2f} (x{final / init:.2f})"
+                         + (f", crossing λ in layer(s) {born}" if born else ""))
+        massive.append(f"{em.label(n)}: largest max ratio over layers, step 0 → {s['steps'][-1]}: " + "; ".join(parts) + ".")
+    out.append(f"Massive values (a dim with M > {lam:g} x its head mean): " + " ".join(massive))
+    verdicts = _verdicts(present, lam)
+    if verdicts:
+        out.append(verdicts)
+    for n, d in present.items():
+        s = d["summary"]
+        if d["freq"]["rotated"] and s and s["has_step0"]:
+            x = {site: s["sites"][site] for site in ("q", "k", "q_pre", "k_pre")}
+            mean = lambda site, key: np.mean([l[key] for l in x[site] if l[key] is not None])
+            out.append(f"{em.label(n)} low-frequency share of top-{st['top_k']} mass (mean over layers; chance "
+                       f"{d['freq']['chance_share']:.2f}), step 0 → end: after rotation Q {mean('q', 'lowfreq_init'):.2f}"
+                       f" → {mean('q', 'lowfreq_final'):.2f}, K {mean('k', 'lowfreq_init'):.2f} → "
+                       f"{mean('k', 'lowfreq_final'):.2f}; before rotation Q {mean('q_pre', 'lowfreq_init'):.2f} → "
+                       f"{mean('q_pre', 'lowfreq_final'):.2f}, K {mean('k_pre', 'lowfreq_init'):.2f} → "
+                       f"{mean('k_pre', 'lowfreq_final'):.2f}. The after-rotation value at step 0 is the bias of "
+                       "the rotation itself, not something learned.")
+    out.append(_disruption_summary(present))
+    out.append("What this run can show: whether, over these steps, Q and K concentrate their norm in a few dims "
+               "more than V does, whether that differs between positional schemes, and when it starts, always "
+               "against the random-init record at step 0; and how the final models' accuracy changes when those "
+               "dims are disrupted. " + CANNOT)
+    return out
+
+
+def _verdicts(present, lam):
+    """One sentence: which schemes' Q/K grew a massive dim that was absent at step 0."""
+    grew, none = [], []
+    for n, d in present.items():
+        s = d["summary"]
+        if not s or not s["has_step0"]:
+            continue
+        born = [site for site in ("q", "k") if any(l["first_massive_step"] is not None and not l["massive_at_init"]
+                                                   for l in s["sites"][site])]
+        (grew if born else none).append(f"{em.label(n)} ({', '.join(s.upper() for s in born)})" if born else em.label(n))
+    if not grew and not none:
+        return ""
+    text = []
+    if grew:
+        text.append("A massive dim absent at step 0 appeared in: " + ", ".join(grew) + ".")
+    if none:
+        text.append(f"No Q/K dim crossed λ = {lam:g} (beyond step 0) in: " + ", ".join(none) + ".")
+    return " ".join(text)
+
+
+def _disruption_summary(present):
+    accs = {n: d["final_acc"] for n, d in present.items() if d["final_acc"]}
+    if not accs:
+        return "Disruption: no results (study.disrupt_tasks=none, or not run yet)."
+    parts, best = [], 0.0
+    for n, acc in accs.items():
+        kinds = next(iter(acc.values()))
+        parts.append(f"{em.label(n)} " + "; ".join(
+            f"{k} " + "/".join(f"{100 * acc[m][k]['accuracy']:.0f}" for m in acc if k in acc[m]) for k in kinds))
+        best = max([best] + [acc["none"][k]["accuracy"] for k in acc.get("none", {})])
+    modes = "/".join(next(iter(accs.values())))
+    text = f"Disruption accuracy (%), {modes}: " + ", ".join(parts) + "."
+    if best < 0.2:
+        text += (f" The intact models answer at most {100 * best:.0f}% of the items, so this table cannot show "
+                 "whether they depend on their massive dims: they have not learned the tasks yet.")
+    return text
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="regenerate a study's (or run's) figures and index.html from saved "
+                              "records and results", description=__doc__)
+    p.add_argument("dir", metavar="RUN_DIR_OR_STUDY_DIR")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    print(f"wrote {write_report(args.dir)}")

@@ -1,0 +1,381 @@
+"""The study: one model per positional scheme, trained with the same data order and init seed (only
+model.position differs), probed while it trains, disrupted at the end, then reported (probes.report_cmd).
+
+A study directory holds study.json (the resolved settings), probe_batch.npz (the fixed probe batch),
+items.jsonl (held-out synthetic items of the disruption experiment), one run directory per scheme and
+index.html. Each run directory adds probes/ (a record per probed step; step 0 from the initial params),
+disruption.jsonl (accuracy per mode and kind during training) and disruption/step_<N>/ (the experiment on
+the final model). Rerunning skips finished work: training resumes from its last checkpoint, probe records
+and disruption lines past it are dropped, and a final experiment is done when its index.html exists.
+
+The study sits above both rooms: it drives train.loop with probes as hooks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import runpy
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from minimal_lm import SCHEMES, ConfigError, Tokenizer, from_pretrained, init_params
+from minimal_lm.run_dir import checkpoint_steps, load_run
+from probes.disrupt import SELECT
+from probes.emergence import DISRUPTION_LOG, accuracy_by_kind, read_disruption_log, read_jsonl
+from probes.experiment import evaluate, modes_for
+from probes.records import TrainingProbe, drop_after, record_dir
+from train.config import RunConfig, apply_overrides, config_diff, parse_value
+
+PROBE_SOURCES = ("items", "heldout")
+DISRUPT_TASKS = ("synthetic", "paper", "none")
+SETTINGS_FREE = {"study.schemes", "study.heatmap_steps", "study.heatmap_layers"}
+"""Study keys that may change between runs into the same directory (they add schemes or redraw)."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study trains, probes and disrupts. `base` is the RunConfig every scheme shares."""
+
+    base: RunConfig
+    schemes: tuple[str, ...] = ("rope", "none", "alibi", "learned")
+    probe_every: int = 10  # becomes train.eval_every: probes (and eval loss) every this many steps
+    probe_source: str = "items"  # items: held-out synthetic prompts; heldout: rows of the held-out corpus
+    probe_rows: int = 16
+    probe_len: int = 256  # tokens per heldout row
+    lam: float = 5.0  # massive: M > lam * head mean
+    top_k: int = 1  # top-k dims per head for the low-frequency share
+    heatmap_steps: tuple[int, ...] = ()  # Figure-2 heatmaps; (): step 0 and the last; others snap to probed steps
+    heatmap_layers: tuple[int, ...] = ()  # (): every layer up to 4, else first, middle, last
+    disrupt_tasks: str = "synthetic"  # synthetic: held-out corpus items; paper: passkey + Yes/No facts; none
+    disrupt_n: int = 16  # items per kind
+    disrupt_every: int = 0  # also during training, every this many steps (a multiple of probe_every; 0: off)
+    disrupt_modes: tuple[str, ...] = ("none", "massive", "non_massive")
+    disrupt_top_k: int = 1
+    disrupt_max_new_tokens: int = 8
+    disrupt_batch_size: int = 16
+    disrupt_perplexity: bool = False
+    seed: int = 0  # held-out items and probe prompts
+
+    def __post_init__(self):
+        if not isinstance(self.base, RunConfig):
+            raise ConfigError(f"study.base: expected a RunConfig, got {type(self.base).__name__}")
+        for name in ("schemes", "heatmap_steps", "heatmap_layers", "disrupt_modes"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        bad = [s for s in self.schemes if s not in SCHEMES]
+        if bad or not self.schemes or len(set(self.schemes)) != len(self.schemes):
+            raise ConfigError(f"study.schemes={','.join(map(str, self.schemes))!r}: expected distinct names "
+                              f"from {', '.join(SCHEMES)}")
+        for name in ("probe_every", "probe_rows", "probe_len", "top_k", "disrupt_n", "disrupt_top_k",
+                     "disrupt_max_new_tokens", "disrupt_batch_size"):
+            _check(name, getattr(self, name), lambda v: v > 0, "a positive integer")
+        for name in ("disrupt_every", "seed"):
+            _check(name, getattr(self, name), lambda v: v >= 0, "an integer >= 0")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam > 0:
+            raise ConfigError(f"study.lam={self.lam!r}: expected a positive number")
+        if self.probe_source not in PROBE_SOURCES:
+            raise ConfigError(f"study.probe_source={self.probe_source!r}: expected one of {', '.join(PROBE_SOURCES)}")
+        if self.disrupt_tasks not in DISRUPT_TASKS:
+            raise ConfigError(f"study.disrupt_tasks={self.disrupt_tasks!r}: expected one of {', '.join(DISRUPT_TASKS)}")
+        synthetic = self.base.data.kind == "synthetic"
+        for name in ("probe_source", "disrupt_tasks"):
+            if getattr(self, name) in ("items", "synthetic") and not synthetic:
+                raise ConfigError(f"study.{name}={getattr(self, name)!r} needs data.kind='synthetic' (the items come "
+                                  f"from the synthetic corpus), got data.kind={self.base.data.kind!r}")
+        if self.disrupt_every % self.probe_every:
+            raise ConfigError(f"study.disrupt_every={self.disrupt_every}: expected a multiple of "
+                              f"study.probe_every={self.probe_every} (disruption runs at probe steps)")
+        m = self.base.model
+        if self.probe_source == "heldout" and self.probe_len > m.max_seq_len:
+            raise ConfigError(f"study.probe_len={self.probe_len} exceeds model.max_seq_len={m.max_seq_len}")
+        for name in ("top_k", "disrupt_top_k"):
+            if getattr(self, name) > m.dim_per_head:
+                raise ConfigError(f"study.{name}={getattr(self, name)}: expected at most head_dim={m.dim_per_head}")
+        bad = [i for i in self.heatmap_layers if not 0 <= i < m.num_layers]
+        if bad:
+            raise ConfigError(f"study.heatmap_layers: layer(s) {bad} out of range 0..{m.num_layers - 1}")
+        if any(s < 0 for s in self.heatmap_steps):
+            raise ConfigError(f"study.heatmap_steps={self.heatmap_steps}: expected steps >= 0")
+        if self.disrupt_tasks != "none":
+            if bad := [x for x in self.disrupt_modes if x != "none" and x not in SELECT]:
+                raise ConfigError(f"study.disrupt_modes: {bad} not allowed; expected some of none, {', '.join(SELECT)}")
+            modes_for(self.disrupt_modes, top_k=self.disrupt_top_k)
+
+    def scheme_config(self, scheme: str) -> RunConfig:
+        """The base config with this scheme and the probe cadence."""
+        return dataclasses.replace(self.base, model=self.base.model.replace(position=scheme),
+                                   train=dataclasses.replace(self.base.train, eval_every=self.probe_every))
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "base"}
+        return {"study": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, **self.base.to_dict()}
+
+
+def load_study(spec: str | Path, overrides: typing.Sequence[str] = ()) -> StudyConfig:
+    """Run the Python file `path[:NAME]` and take its StudyConfig NAME (default STUDY). Overrides
+    `study.key=value` set study fields (lists comma-separated); other `key=value` go to the base RunConfig."""
+    path, name = _split_spec(str(spec))
+    if not path.is_file():
+        raise ConfigError(f"study config {path}: not found")
+    try:
+        study = runpy.run_path(str(path)).get(name)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(study, StudyConfig):
+        raise ConfigError(f"{path}: expected a module-level `{name} = StudyConfig(...)`, got {type(study).__name__}")
+    return apply_study_overrides(study, overrides)
+
+
+def _split_spec(spec: str) -> tuple[Path, str]:
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isidentifier() and Path(head).suffix == ".py":
+        return Path(head), tail
+    return Path(spec), "STUDY"
+
+
+def apply_study_overrides(study: StudyConfig, overrides: typing.Sequence[str]) -> StudyConfig:
+    hints = typing.get_type_hints(StudyConfig)
+    own, rest = {}, []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not key.startswith("study."):
+            rest.append(item)
+            continue
+        name = key[len("study."):]
+        if not sep or name not in hints or name == "base":
+            valid = ", ".join(f"study.{n}" for n in hints if n != "base")
+            raise ConfigError(f"override {item!r}: expected study.KEY=value with KEY one of {valid}")
+        hint = hints[name]
+        if typing.get_origin(hint) is tuple:
+            elem = typing.get_args(hint)[0]
+            own[name] = tuple(parse_value(t.strip(), elem, key) for t in text.split(",") if t.strip())
+        else:
+            own[name] = parse_value(text, hint, key)
+    try:
+        base = apply_overrides(study.base, rest)
+        return dataclasses.replace(study, base=base, **own)
+    except ConfigError as e:
+        raise ConfigError(f"overrides: {e}") from None
+
+
+def _check(name, value, ok, expected):
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise ConfigError(f"study.{name}={value!r}: expected {expected}")
+
+
+# ---- running ------------------------------------------------------------------------------------------
+
+
+def run_study(study: StudyConfig, out, *, command: str = "", progress: bool = True, report: bool = True) -> Path:
+    """Train, probe and disrupt every scheme into `out`, then write the report (unless `report` is False);
+    returns index.html's path."""
+    from probes.report_cmd import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_settings(study, out, command)
+    batch = probe_batch(study, out)
+    runs = disruption_runs(study, out)
+    for i, scheme in enumerate(study.schemes, 1):
+        print(f"[{i}/{len(study.schemes)}] {scheme}: {out / scheme}", flush=True)
+        cfg = study.scheme_config(scheme)
+        t0 = time.perf_counter()
+        train_scheme(study, cfg, out / scheme, batch, runs, command=command)
+        t1 = time.perf_counter()
+        final_disruption(out / scheme, runs, command=command, progress=progress)
+        _add_timing(out / scheme, train_s=t1 - t0, final_s=time.perf_counter() - t1)
+    return write_report(out) if report else out / "index.html"
+
+
+def _write_settings(study: StudyConfig, out: Path, command: str) -> None:
+    """study.json; a directory holding a study of other settings is refused, naming the keys."""
+    from train.config import CONTROL_KEYS
+
+    path, new = out / "study.json", study.to_dict()
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); use another --out") from None
+        diff = config_diff({k: old.get(k) for k in new}, new, ignore=CONTROL_KEYS | SETTINGS_FREE)
+        if diff:
+            raise ConfigError(f"{out} holds a study with other settings; differing keys: {'; '.join(diff)}. "
+                              f"Use another --out")
+    elif any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and has no study.json, so it is not a study directory; "
+                          f"use another --out")
+    extra = {"command": command, "unigram_entropy": _entropy(study)}
+    path.write_text(json.dumps({**new, **extra}, indent=1) + "\n")
+
+
+def _entropy(study):
+    if study.base.data.kind != "synthetic":
+        return None
+    from train.synthetic import unigram_entropy
+
+    return unigram_entropy(study.base.data, study.base.train.seq_len + 1, rows=64)
+
+
+def probe_batch(study: StudyConfig, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens_BT, mask_BT) probed at every step of every scheme, saved once in probe_batch.npz."""
+    path = out / "probe_batch.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["tokens"], z["mask"]
+    if study.probe_source == "items":
+        from train.synthetic import encode, eval_items
+
+        n = study.probe_rows
+        items = (eval_items("contextual", (n + 1) // 2, study.seed + 1, study.base.data)
+                 + eval_items("parametric", n // 2, study.seed + 1, study.base.data))
+        rows = [encode(it["prompt"] + it["answer"]) for it in items]
+        T = max(len(r) for r in rows)
+        if T > study.base.model.max_seq_len:
+            raise ConfigError(f"probe items have up to {T} tokens: more than model.max_seq_len="
+                              f"{study.base.model.max_seq_len}")
+        tokens, mask = np.zeros((n, T), np.int32), np.zeros((n, T), bool)
+        for b, r in enumerate(rows):
+            tokens[b, T - len(r):], mask[b, T - len(r):] = r, True
+    else:
+        from train.data import make_source
+
+        tokens = make_source(study.base.data).eval_batch(1 << 16, study.probe_rows, study.probe_len)[:, 1:]
+        mask = np.ones(tokens.shape, bool)
+    np.savez(path, tokens=tokens.astype(np.int32), mask=mask)
+    return tokens, mask
+
+
+def disruption_runs(study: StudyConfig, out: Path) -> list[dict]:
+    """Settings of probes.experiment for the disruption experiment (empty when disrupt_tasks is none)."""
+    common = {"n": study.disrupt_n, "modes": list(study.disrupt_modes), "top_k": study.disrupt_top_k,
+              "max_new_tokens": study.disrupt_max_new_tokens, "batch_size": study.disrupt_batch_size,
+              "perplexity": study.disrupt_perplexity, "seed": study.seed}
+    if study.disrupt_tasks == "none":
+        return []
+    if study.disrupt_tasks == "paper":
+        budget = min(128, study.base.model.max_seq_len - study.disrupt_max_new_tokens)
+        return [{**common, "task": "passkey", "max_tokens": budget, "digits": 6},
+                {**common, "task": "facts", "max_new_tokens": min(4, study.disrupt_max_new_tokens)}]
+    from train.synthetic import eval_items
+
+    path = out / "items.jsonl"
+    if not path.is_file():
+        items = [it for kind in ("contextual", "parametric")
+                 for it in eval_items(kind, study.disrupt_n, study.seed, study.base.data)]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(it) + "\n" for it in items))
+        tmp.replace(path)
+    return [{**common, "task": "jsonl", "task_file": str(path), "label": "synthetic", "n": 2 * study.disrupt_n}]
+
+
+def train_scheme(study: StudyConfig, cfg: RunConfig, run_dir: Path, batch, runs: list[dict], *,
+                 command: str = "") -> None:
+    """Train one scheme (resuming) with a probe record at step 0 (the initial params) and at every
+    evaluation, the disruption experiment every study.disrupt_every steps, and the full experiment
+    (disruption/step_<N>/) at the last step, on the live params so that its programs are compiled once."""
+    from train.checkpoint import open_run_dir
+    from train.loop import run
+
+    tc = cfg.train
+    stop, per_step = min(tc.stop_after or tc.steps, tc.steps), tc.batch_size * tc.seq_len
+    done = _last_checkpoint(run_dir)
+    drop_after(run_dir, done)
+    _truncate_log(run_dir, done)
+    probe = TrainingProbe(cfg.model, *batch, lam=study.lam, k=study.top_k)
+    tokenizer = []
+
+    def disrupt(step, params):
+        if not runs or not (step == stop or (study.disrupt_every and step % study.disrupt_every == 0)):
+            return {}
+        tokenizer[:] = tokenizer or [Tokenizer.from_file(run_dir / "tokenizer.json")]
+        t0 = time.perf_counter()
+        if step == stop:
+            result = _final(run_dir, step, params, cfg.model, tokenizer[0], runs, command, progress=False)
+        else:
+            result = {"runs": [evaluate(params, cfg.model, tokenizer[0], {**r, "perplexity": False}, progress=False)[0]
+                               for r in runs]}
+        _log(run_dir, step, step * per_step, accuracy_by_kind(result))
+        return {"disrupt_s": time.perf_counter() - t0}
+
+    def measure(step, params):
+        t0 = time.perf_counter()
+        probe(run_dir, params, step, step * per_step)
+        return {"probe_s": time.perf_counter() - t0, **disrupt(step, params)}
+
+    def step0(like=None):
+        if (record_dir(run_dir) / "step_00000000.npz").is_file():
+            return
+        params = _init(cfg.model, jax.random.key(tc.seed))  # as train.step creates them
+        if like is not None:  # placed like the live params, so the probe programs are shared
+            params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, like))
+        measure(0, params)
+
+    def hook(step, params):
+        step0(params)
+        return measure(step, params)
+
+    if done < stop:
+        open_run_dir(run_dir, cfg)
+        run(cfg, run_dir, hooks=(hook,))
+    step0()
+    last = _last_checkpoint(run_dir)
+    if not (record_dir(run_dir) / f"step_{last:08d}.npz").is_file():
+        measure(last, load_run(run_dir, step=last)[1])
+
+
+_init = jax.jit(init_params, static_argnums=0)
+
+
+def _last_checkpoint(run_dir: Path) -> int:
+    steps = checkpoint_steps(run_dir) if (run_dir / "checkpoints").is_dir() else []
+    return steps[-1] if steps else 0
+
+
+def _log(run_dir: Path, step: int, tokens_seen: int, acc: dict) -> None:
+    line = {"step": step, "tokens_seen": tokens_seen,
+            "accuracy": {m: {k: v["accuracy"] for k, v in kinds.items()} for m, kinds in acc.items()},
+            "n": {k: v["n"] for k, v in next(iter(acc.values())).items()}}
+    with open(run_dir / DISRUPTION_LOG, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _truncate_log(run_dir: Path, step: int) -> None:
+    path = run_dir / DISRUPTION_LOG
+    lines = read_jsonl(path)
+    keep = [x for x in read_disruption_log(run_dir) if x["step"] <= step]
+    if len(keep) != len(lines):
+        path.write_text("".join(json.dumps(x) + "\n" for x in keep))
+
+
+def final_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "disruption" / f"step_{step:08d}"
+
+
+def _final(run_dir, step, params, cfg, tokenizer, runs, command, progress) -> dict:
+    from probes.disrupt_cmd import run_all
+
+    return run_all(params, cfg, tokenizer, runs, final_dir(run_dir, step), source=f"{run_dir} (step {step})",
+                   command=command, progress=progress)
+
+
+def final_disruption(run_dir: Path, runs: list[dict], *, command: str = "", progress: bool = True) -> Path | None:
+    """The disruption experiment on the run's last checkpoint, unless its index.html exists (training
+    normally writes it at the last step). Returns its directory (None without tasks)."""
+    if not runs:
+        return None
+    step = _last_checkpoint(run_dir)
+    if not (final_dir(run_dir, step) / "index.html").is_file():
+        _final(run_dir, step, *from_pretrained(run_dir), runs, command, progress)
+    return final_dir(run_dir, step)
+
+
+def _add_timing(run_dir: Path, **seconds) -> None:
+    """Accumulate wall seconds per phase in run_dir/timing.json (resumed work adds to it)."""
+    path = run_dir / "timing.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({k: old.get(k, 0.0) + v for k, v in seconds.items()}, indent=1) + "\n")

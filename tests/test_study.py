@@ -1,0 +1,158 @@
+"""The study end to end on micro models: every file, step-0 records from the initial params, resume after
+a crash without duplicates, reruns that skip finished work, the report without a scheme; study configs."""
+import contextlib
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from minimal_lm import ConfigError, count_params
+from minimal_lm.run_dir import load_run
+from probes.__main__ import main
+from probes.emergence import read_disruption_log, read_jsonl
+from probes.records import TrainingProbe, read_records, record_dir
+from probes.study import StudyConfig, load_study, run_study
+from train.step import init_state
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+MICRO = ["model.d_model=32", "model.num_heads=2", "train.seq_len=32", "train.batch_size=4", "train.steps=8",
+         "train.warmup_steps=2", "train.progress=false", "study.probe_every=2", "study.disrupt_every=4",
+         "study.disrupt_n=2", "study.disrupt_max_new_tokens=3", "study.probe_rows=4", "study.heatmap_steps=8",
+         "study.disrupt_modes=none,massive"]
+"""Micro settings, shared with test_emergence.py so that both reuse the compiled programs."""
+SCHEMES = ("rope", "none")
+
+
+def micro(*extra):
+    return load_study(CONFIGS / "study_default.py", MICRO + [f"study.schemes={','.join(SCHEMES)}", *extra])
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A study interrupted at step 4 (plus the stale files a kill after that checkpoint leaves), then
+    completed through the command line; returns (directory, printed output)."""
+    out = tmp_path_factory.mktemp("study")
+    run_study(micro("train.stop_after=4"), out, progress=False, report=False)
+    rope = out / "rope"
+    shutil.copy(record_dir(rope) / "step_00000004.npz", record_dir(rope) / "step_00000006.npz")
+    with open(rope / "disruption.jsonl", "a") as f:
+        f.write(json.dumps({"step": 8, "accuracy": {"none": {"contextual": 1.0}}, "n": {"contextual": 2}}) + "\n")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["study", "--config", str(CONFIGS / "study_default.py"), "--out", str(out), *MICRO,
+                     f"study.schemes={','.join(SCHEMES)}"]) == 0
+    assert f"wrote {out / 'index.html'}" in printed.getvalue()
+    return out
+
+
+def test_study_writes_every_file(study_dir):
+    for name in ("study.json", "probe_batch.npz", "items.jsonl", "index.html", "figures/loss.png",
+                 "figures/emergence_schemes.png", "figures/disruption_over_training.png"):
+        assert (study_dir / name).is_file(), name
+    html = (study_dir / "index.html").read_text()
+    for scheme in SCHEMES:
+        run = study_dir / scheme
+        assert (study_dir / "figures" / f"{scheme}_emergence.png").is_file()
+        assert (study_dir / "figures" / f"{scheme}_heatmap_step8.png").is_file()
+        final = run / "disruption" / "step_00000008"
+        assert all((final / f).is_file() for f in ("results.json", "examples.jsonl", "index.html", "accuracy.png"))
+        assert [r.step for r in read_records(run)] == [0, 2, 4, 6, 8]
+        assert [x["step"] for x in read_disruption_log(run)] == [0, 4, 8]
+        assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == list(range(1, 9))
+        assert set(json.loads((final / "results.json").read_text())["results"]) == {"none", "massive"}
+    for text in ("RoPE: emergence", "NoPE: emergence", "Final eval loss: RoPE", "What it cannot show",
+                 "low-frequency share", "Disruption accuracy"):
+        assert text in html, text
+    assert "Missing" not in html
+
+
+def test_resume_replaced_the_stale_files_of_the_killed_run(study_dir):
+    rope = study_dir / "rope"
+    rec6 = {r.step: r for r in read_records(rope)}[6]
+    assert rec6.tokens_seen == 6 * 4 * 32
+    assert read_disruption_log(rope)[-1]["n"] == {"contextual": 2, "parametric": 2}
+    assert len(read_jsonl(rope / "disruption.jsonl")) == 3, "the stale line was dropped, not shadowed"
+    assert (rope / "disruption" / "step_00000004" / "index.html").is_file(), "the interrupted run's experiment"
+
+
+def test_step0_records_come_from_the_initial_params_and_schemes_share_them(study_dir):
+    batch = np.load(study_dir / "probe_batch.npz")
+    r0 = {s: read_records(study_dir / s)[0] for s in SCHEMES}
+    cfg, params, _ = load_run(study_dir / "rope", step=0)  # the state training started from
+    want = TrainingProbe(cfg, batch["tokens"], batch["mask"]).measure(params, 0, 0)
+    for site in want.norms:
+        np.testing.assert_allclose(r0["rope"].norms[site], want.norms[site], rtol=1e-5)
+    for site in ("q_pre", "k_pre", "v"):  # layer 0 sees the same embeddings and weights in both schemes
+        np.testing.assert_allclose(r0["rope"].norms[site][0], r0["none"].norms[site][0], rtol=1e-5)
+    assert not np.allclose(r0["rope"].norms["q"][0], r0["none"].norms["q"][0])
+
+
+def test_rerun_skips_finished_work(study_dir):
+    before = {p: p.stat().st_mtime_ns for p in study_dir.rglob("*") if p.is_file()}
+    run_study(micro(), study_dir, progress=False, report=False)
+    changed = sorted(str(p.relative_to(study_dir)) for p, t in before.items() if p.stat().st_mtime_ns != t)
+    assert changed == ["none/timing.json", "rope/timing.json", "study.json"]
+
+
+def test_report_survives_a_missing_scheme_and_needs_no_checkpoints(study_dir, tmp_path, capsys):
+    """`report` reads saved records and results only; a study without one of its schemes says so."""
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.rmtree(copy / "none")
+    assert main(["report", str(copy)]) == 0
+    html = (copy / "index.html").read_text()
+    assert "Missing: none" in html and "RoPE: emergence" in html and "NoPE: emergence" not in html
+    assert main(["report", str(copy / "rope")]) == 0
+    assert (copy / "rope" / "report" / "index.html").is_file()
+    assert "report/index.html" in capsys.readouterr().out
+
+
+def test_report_of_a_directory_without_runs_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path)])
+    assert e.value.code == 2 and "neither a study directory" in capsys.readouterr().err
+
+
+def test_shipped_study_configs_build():
+    sizes = {}
+    for spec in ("study_default.py", "study_gpu.py", "study_gpu.py:SYNTHETIC"):
+        study = load_study(CONFIGS / spec if ":" not in spec else f"{CONFIGS}/{spec}")
+        assert study.schemes == ("rope", "none", "alibi", "learned")
+        sizes[spec] = count_params(jax.eval_shape(lambda: init_state(study.base.model, study.base.train)).params)
+    assert sizes["study_default.py"] < 1e6 and all(20e6 < sizes[s] < 60e6 for s in ("study_gpu.py",
+                                                                                     "study_gpu.py:SYNTHETIC"))
+    assert load_study(f"{CONFIGS}/study_gpu.py").base.data.kind == "shards"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("study.schemes=rope,rotary", "study.schemes='rope,rotary': expected distinct names from"),
+    ("study.disrupt_every=5", "study.disrupt_every=5: expected a multiple of study.probe_every=10"),
+    ("study.probe_source=corpus", "study.probe_source='corpus': expected one of items, heldout"),
+    ("study.disrupt_modes=none,int4", "study.disrupt_modes: ['int4'] not allowed"),
+    ("study.top_k=64", "study.top_k=64: expected at most head_dim=32"),
+    ("study.lam=0", "study.lam=0.0: expected a positive number"),
+    ("study.probes=3", "override 'study.probes=3': expected study.KEY=value with KEY one of study.schemes"),
+    ("train.stepz=3", "unknown key 'train.stepz'"),
+])
+def test_bad_study_settings_are_named(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_study(CONFIGS / "study_default.py", [override])
+    assert message in str(e.value)
+
+
+def test_synthetic_items_need_the_synthetic_corpus():
+    study = load_study(CONFIGS / "study_default.py")
+    shards = dataclasses.replace(study.base, data=dataclasses.replace(study.base.data, kind="shards", path="x"))
+    with pytest.raises(ConfigError, match="study.probe_source='items' needs data.kind='synthetic'"):
+        dataclasses.replace(study, base=shards)
+
+
+def test_another_study_in_the_same_directory_is_refused(study_dir, tmp_path):
+    shutil.copy(study_dir / "study.json", tmp_path / "study.json")
+    with pytest.raises(ConfigError, match=r"differing keys: study.probe_every: 2 -> 4"):
+        run_study(micro("study.probe_every=4"), tmp_path, progress=False)
