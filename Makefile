@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m train.demo --out runs/demo
+	$(PY) -m probes study --config configs/study_default.py --out runs/study
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
