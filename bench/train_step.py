@@ -31,7 +31,7 @@ def flops_per_token(n_params: int, s: dict) -> float:
 
 
 def schedule(full: bool) -> dict:
-    return dict(warmup=3, iters=10, repeats=3) if full else dict(warmup=4, iters=4, repeats=5)
+    return dict(warmup=3, iters=10, repeats=3) if full else dict(warmup=2, iters=3, repeats=5)
 
 
 def ours(s: dict, full: bool, variants: list[str]) -> dict:
