@@ -78,7 +78,8 @@ def series(records, site: str, key: str) -> tuple[np.ndarray, np.ndarray]:
 def summarize(records, lam: float = 5.0) -> dict:
     """Per site, per layer: the max ratio (largest M over its head mean) at step 0, at the end and at its
     peak, the first step with a massive dim (ratio > lam), the step of the largest rise between two
-    records, and the low-frequency share of top-k mass at step 0 and at the end."""
+    records, the low-frequency share of top-k mass, and the share of heads whose top dim has the layer's
+    most common frequency index (concentration), at step 0 and at the end."""
     if not records:
         return {}
     has0 = records[0].step == 0
@@ -88,6 +89,7 @@ def summarize(records, lam: float = 5.0) -> dict:
         steps, ratio_NL = series(records, site, "max_ratio")
         _, low_NL = series(records, site, "lowfreq_share")
         count_NL = series(records, site, "massive_count")[1]
+        conc_NL = series(records, site, "concentration")[1] if "concentration" in records[0].summary[site] else None
         layers = []
         for layer in range(ratio_NL.shape[1]):
             r = ratio_NL[:, layer]
@@ -103,6 +105,9 @@ def summarize(records, lam: float = 5.0) -> dict:
                 "massive_count_init": int(count_NL[0, layer]) if has0 else None,
                 "massive_count_final": int(count_NL[-1, layer]),
                 "lowfreq_init": _num(low_NL[0, layer]) if has0 else None, "lowfreq_final": _num(low_NL[-1, layer]),
+                "concentration_init": _num(conc_NL[0, layer]) if has0 and conc_NL is not None else None,
+                "concentration_final": _num(conc_NL[-1, layer]) if conc_NL is not None else None,
+                "top_freq_final": records[-1].summary[site].get("top_freq_index", [None] * (layer + 1))[layer],
             })
         out["sites"][site] = layers
     return out
@@ -134,7 +139,8 @@ def loss_figure(metrics: dict, path, *, entropy: float | None = None):
         ax.plot([m["step"] for m in lines], [m["loss"] for m in lines], lw=0.8, alpha=0.7, color=color,
                 label=f"{label(name)} train")
         ev = [m for m in lines if "eval_loss" in m]
-        ax.plot([m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", ms=3, color=color, label=f"{label(name)} eval")
+        ax.plot([m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", ms=3, color=color,
+                label=f"{label(name)} eval")
     if entropy is not None:
         ax.axhline(entropy, color="gray", ls="--", lw=1, label=f"unigram entropy ({entropy:.2f})")
     ax.set_xlabel("step")

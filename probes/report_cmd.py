@@ -4,7 +4,6 @@ the disruption table and an auto-written summary. DIR is a study directory (stud
 DIR/index.html) or a run directory with probes/ (writes DIR/report/index.html)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -50,8 +49,8 @@ def write_report(path) -> Path:
     sections = [Section("Summary", paragraphs=summary_paragraphs(data, settings, st))]
     loss = em.loss_figure({n: d["metrics"] for n, d in present.items()}, figs / "loss.png",
                           entropy=settings.get("unigram_entropy"))
-    sections.append(Section("Loss", figures=[_fig(loss, out, "Train loss (lines) and eval loss (dots) per scheme; "
-                                                            "log scale. Dashed: loss of the best context-free model.")]))
+    sections.append(Section("Loss", figures=[_fig(loss, out, "Train loss (lines) and eval loss (dots) per scheme; log "
+                                                            "scale. Dashed: loss of the best context-free model.")]))
     with_records = {n: d["records"] for n, d in present.items() if d["records"]}
     if len(with_records) > 1:
         f = em.comparison_figure(with_records, figs / "emergence_schemes.png", lam=st["lam"])
@@ -147,9 +146,10 @@ def _scheme_section(name, d, st, out, figs):
         for i, x in enumerate(layers_s):
             rows.append([site, i, x["init"], x["final"], f"{x['peak']:.3g} @ {x['peak_step']}", x["first_massive_step"],
                          x["largest_rise_step"], f"{x['massive_count_init']} → {x['massive_count_final']}",
-                         x["lowfreq_init"], x["lowfreq_final"]])
+                         x["lowfreq_init"], x["lowfreq_final"], x["concentration_init"],
+                         f"{x['concentration_final']:.2f} (index {x['top_freq_final']})"])
     table = Table(["site", "layer", "max ratio @0", "final", "peak @ step", f"first > λ={st['lam']:g}",
-                   "largest rise @", "massive dims", "low-freq @0", "final"], rows,
+                   "largest rise @", "massive dims", "low-freq @0", "final", "same-freq heads @0", "final"], rows,
                   caption=f"{title}: per site and layer (chance low-freq share {d['freq']['chance_share']:.2f})")
     return Section(f"{title}: emergence and Figure 2", figures=figures, tables=[table])
 
@@ -206,41 +206,44 @@ def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
               for n, d in present.items()}
     entropy = settings.get("unigram_entropy")
     some = next(iter(present.values()))
-    step = some["metrics"][-1]["step"] if some["metrics"] else 0
-    tokens = step * some["config"]["train"]["batch_size"] * some["config"]["train"]["seq_len"]
-    out.append(f"Trained {len(present)} scheme(s) for {step} steps ({tokens:,} tokens each). Final eval loss: "
-               + ", ".join(f"{em.label(n)} {v:.3f}" for n, v in losses.items() if v is not None)
+    step, t = (some["metrics"][-1]["step"] if some["metrics"] else 0), some["config"]["train"]
+    of = f" of {t['steps']}" if step < t["steps"] else ""
+    known = ", ".join(f"{em.label(n)} {v:.3f}" for n, v in losses.items() if v is not None)
+    out.append(f"Trained {len(present)} scheme(s) for {step}{of} steps ({step * t['batch_size'] * t['seq_len']:,} "
+               f"tokens each). " + (f"Last eval loss: {known}" if known else "No evaluation yet")
                + (f" (unigram entropy {entropy:.3f}: below it, a model uses context)." if entropy else "."))
     massive = []
     for n, d in present.items():
         s = d["summary"]
-        if not s or not s["has_step0"]:
-            massive.append(f"{em.label(n)}: no step-0 record, so no baseline to compare with.")
+        if not s or not s["has_step0"] or len(s["steps"]) < 2:
+            massive.append(f"{em.label(n)}: " + ("only the step-0 record so far." if s and s["has_step0"] else
+                                                 "no step-0 record, so no baseline to compare with."))
             continue
         parts = []
         for site in ("q", "k", "v"):
             x = s["sites"][site]
-            init, final = max(l["init"] for l in x), max(l["final"] for l in x)
-            born = [i for i, l in enumerate(x) if l["first_massive_step"] is not None and not l["massive_at_init"]]
+            init, final = max(y["init"] for y in x), max(y["final"] for y in x)
+            born = [i for i, y in enumerate(x) if y["first_massive_step"] is not None and not y["massive_at_init"]]
             parts.append(f"{site.upper()} {init:.2f} → {final:.2f} (x{final / init:.2f})"
                          + (f", crossing λ in layer(s) {born}" if born else ""))
-        massive.append(f"{em.label(n)}: largest max ratio over layers, step 0 → {s['steps'][-1]}: " + "; ".join(parts) + ".")
+        massive.append(f"{em.label(n)}: largest max ratio over layers, step 0 → {s['steps'][-1]}: "
+                       + "; ".join(parts) + ".")
     out.append(f"Massive values (a dim with M > {lam:g} x its head mean): " + " ".join(massive))
-    verdicts = _verdicts(present, lam)
-    if verdicts:
-        out.append(verdicts)
+    out += [t for t in (_verdicts(present, lam), _qk_versus_v(present)) if t]
     for n, d in present.items():
         s = d["summary"]
-        if d["freq"]["rotated"] and s and s["has_step0"]:
+        if d["freq"]["rotated"] and s and s["has_step0"] and len(s["steps"]) > 1:
             x = {site: s["sites"][site] for site in ("q", "k", "q_pre", "k_pre")}
-            mean = lambda site, key: np.mean([l[key] for l in x[site] if l[key] is not None])
+            mean = lambda site, key: np.mean([y[key] for y in x[site] if y[key] is not None])
             out.append(f"{em.label(n)} low-frequency share of top-{st['top_k']} mass (mean over layers; chance "
-                       f"{d['freq']['chance_share']:.2f}), step 0 → end: after rotation Q {mean('q', 'lowfreq_init'):.2f}"
+                       f"{d['freq']['chance_share']:.2f}), step 0 → end: after rotation Q "
+                       f"{mean('q', 'lowfreq_init'):.2f}"
                        f" → {mean('q', 'lowfreq_final'):.2f}, K {mean('k', 'lowfreq_init'):.2f} → "
                        f"{mean('k', 'lowfreq_final'):.2f}; before rotation Q {mean('q_pre', 'lowfreq_init'):.2f} → "
                        f"{mean('q_pre', 'lowfreq_final'):.2f}, K {mean('k_pre', 'lowfreq_init'):.2f} → "
                        f"{mean('k_pre', 'lowfreq_final'):.2f}. The after-rotation value at step 0 is the bias of "
-                       "the rotation itself, not something learned.")
+                       "the rotation itself, not something learned."
+                       + _agreement(x, int(d["freq"]["freq_E"].max())))
     out.append(_disruption_summary(present))
     out.append("What this run can show: whether, over these steps, Q and K concentrate their norm in a few dims "
                "more than V does, whether that differs between positional schemes, and when it starts, always "
@@ -249,16 +252,29 @@ def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
     return out
 
 
+def _agreement(x, slowest):
+    """The Q/K layer whose heads most agree on their top dim's frequency index at the end."""
+    site, i = max(((site, i) for site in ("q", "k") for i in range(len(x[site]))),
+                  key=lambda si: x[si[0]][si[1]]["concentration_final"] or 0)
+    layer = x[site][i]
+    return (f" Heads agreeing on the frequency index of their top dim, largest at the end: {site.upper()} layer {i}, "
+            f"{layer['concentration_init']:.2f} at step 0 → {layer['concentration_final']:.2f} (index "
+            f"{layer['top_freq_final']}; 0 is the fastest-rotating pair, {slowest} the slowest).")
+
+
 def _verdicts(present, lam):
     """One sentence: which schemes' Q/K grew a massive dim that was absent at step 0."""
     grew, none = [], []
     for n, d in present.items():
         s = d["summary"]
-        if not s or not s["has_step0"]:
+        if not s or not s["has_step0"] or len(s["steps"]) < 2:
             continue
-        born = [site for site in ("q", "k") if any(l["first_massive_step"] is not None and not l["massive_at_init"]
-                                                   for l in s["sites"][site])]
-        (grew if born else none).append(f"{em.label(n)} ({', '.join(s.upper() for s in born)})" if born else em.label(n))
+        born = [site for site in ("q", "k") if any(y["first_massive_step"] is not None and not y["massive_at_init"]
+                                                   for y in s["sites"][site])]
+        if born:
+            grew.append(f"{em.label(n)} ({', '.join(site.upper() for site in born)})")
+        else:
+            none.append(em.label(n))
     if not grew and not none:
         return ""
     text = []
@@ -267,6 +283,24 @@ def _verdicts(present, lam):
     if none:
         text.append(f"No Q/K dim crossed λ = {lam:g} (beyond step 0) in: " + ", ".join(none) + ".")
     return " ".join(text)
+
+
+def _qk_versus_v(present):
+    """The paper's first claim in numbers: did Q or K concentrate more than V over training?"""
+    growth = {}
+    for n, d in present.items():
+        s = d["summary"]
+        if s and s["has_step0"] and len(s["steps"]) > 1:
+            growth[n] = {site: max(y["final"] for y in s["sites"][site]) / max(y["init"] for y in s["sites"][site])
+                         for site in ("q", "k", "v")}
+    if not growth:
+        return ""
+    more = [em.label(n) for n, g in growth.items() if max(g["q"], g["k"]) > g["v"]]
+    less = [em.label(n) for n, g in growth.items() if max(g["q"], g["k"]) <= g["v"]]
+    if not more:
+        return "In no scheme did the largest max ratio of Q or K grow more than that of V."
+    return (f"The largest max ratio of Q or K grew more than that of V in {', '.join(more)}"
+            + (f"; not in {', '.join(less)}." if less else "."))
 
 
 def _disruption_summary(present):
@@ -281,10 +315,22 @@ def _disruption_summary(present):
         best = max([best] + [acc["none"][k]["accuracy"] for k in acc.get("none", {})])
     modes = "/".join(next(iter(accs.values())))
     text = f"Disruption accuracy (%), {modes}: " + ", ".join(parts) + "."
-    if best < 0.2:
-        text += (f" The intact models answer at most {100 * best:.0f}% of the items, so this table cannot show "
-                 "whether they depend on their massive dims: they have not learned the tasks yet.")
+    if best < 0.2 and any("none" in acc for acc in accs.values()):
+        return text + (f" The intact models answer at most {100 * best:.0f}% of the items, so this table cannot "
+                       "show whether they depend on their massive dims: they have not learned the tasks yet.")
+    drops = []
+    for n, acc in accs.items():
+        if {"none", "massive", "non_massive"} <= set(acc):
+            drops.append(f"{em.label(n)} " + "; ".join(
+                f"{k} {_points(acc, 'massive', k)} massive vs {_points(acc, 'non_massive', k)} non-massive"
+                for k in acc["none"]))
+    if drops:
+        text += " Change from the intact model, in points: " + ", ".join(drops) + "."
     return text
+
+
+def _points(acc, mode, kind):
+    return f"{100 * (acc[mode][kind]['accuracy'] - acc['none'][kind]['accuracy']):+.0f}"
 
 
 def register(subparsers) -> None:

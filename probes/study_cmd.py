@@ -4,7 +4,6 @@ resumes and skips finished work. Overrides: `study.KEY=value` (e.g. study.scheme
 the base run config (e.g. train.steps=600)."""
 from __future__ import annotations
 
-import argparse
 import shlex
 import time
 
@@ -21,10 +20,14 @@ def register(subparsers) -> None:
 
 def run(args) -> None:
     from probes.study import load_study, run_study
+    from train.loop import NonFiniteLoss
 
     t0 = time.perf_counter()
     study = load_study(args.config, args.overrides)
     command = shlex.join(["python", "-m", "probes", *getattr(args, "argv", [])])
-    index = run_study(study, args.out, command=command)
+    try:
+        index = run_study(study, args.out, command=command)
+    except NonFiniteLoss as e:
+        raise ValueError(str(e)) from None
     print(f"study done in {time.perf_counter() - t0:.0f} s")
     print(f"wrote {index}")

@@ -57,7 +57,8 @@ def test_planted_dim_is_dated_to_the_first_record_after_the_edit(planted, tmp_pa
     assert not k_pre[LAYER]["massive_at_init"] and k_pre[LAYER]["init"] < 5.0 < k_pre[LAYER]["final"]
     assert k_pre[LAYER]["massive_count_init"] == 0 and k_pre[LAYER]["massive_count_final"] >= 1
     assert k_pre[0]["first_massive_step"] is None, "the other layer is untouched"
-    assert s["sites"]["q_pre"][LAYER]["first_massive_step"] is None and s["sites"]["v"][LAYER]["first_massive_step"] is None
+    assert s["sites"]["q_pre"][LAYER]["first_massive_step"] is None
+    assert s["sites"]["v"][LAYER]["first_massive_step"] is None
     assert planted[-1].summary["k_pre"]["top1_dims"][LAYER][0] == DIM
     path = em.emergence_figure(planted, tmp_path / "e.png", lam=5.0, chance=0.25, rotated=True)
     assert path.stat().st_size > 10_000
@@ -98,3 +99,16 @@ def test_disruption_log_keeps_the_last_line_per_step_and_skips_a_cut_off_line(tm
     (tmp_path / em.DISRUPTION_LOG).write_text('{"step": 0\n{"step": 4}\n')
     with pytest.raises(ValueError, match="disruption.jsonl, line 1: not valid JSON"):
         em.read_disruption_log(tmp_path)
+
+
+def test_disruption_summary_gives_drops_only_for_models_that_answer():
+    from probes.report_cmd import _disruption_summary
+
+    def acc(none, massive, non_massive):
+        return {m: {"contextual": {"accuracy": a, "correct": round(10 * a), "n": 10}}
+                for m, a in (("none", none), ("massive", massive), ("non_massive", non_massive))}
+
+    text = _disruption_summary({"rope": {"final_acc": acc(0.9, 0.2, 0.8)}, "none": {"final_acc": acc(0.5, 0.5, 0.4)}})
+    assert "RoPE contextual -70 massive vs -10 non-massive" in text and "NoPE contextual +0 massive vs -10" in text
+    text = _disruption_summary({"rope": {"final_acc": acc(0.1, 0.0, 0.1)}})
+    assert "at most 10% of the items" in text and "Change from" not in text

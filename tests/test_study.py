@@ -16,7 +16,7 @@ from minimal_lm.run_dir import load_run
 from probes.__main__ import main
 from probes.emergence import read_disruption_log, read_jsonl
 from probes.records import TrainingProbe, read_records, record_dir
-from probes.study import StudyConfig, load_study, run_study
+from probes.study import load_study, run_study
 from train.step import init_state
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -65,7 +65,7 @@ def test_study_writes_every_file(study_dir):
         assert [x["step"] for x in read_disruption_log(run)] == [0, 4, 8]
         assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == list(range(1, 9))
         assert set(json.loads((final / "results.json").read_text())["results"]) == {"none", "massive"}
-    for text in ("RoPE: emergence", "NoPE: emergence", "Final eval loss: RoPE", "What it cannot show",
+    for text in ("RoPE: emergence", "NoPE: emergence", "Last eval loss: RoPE", "What it cannot show",
                  "low-frequency share", "Disruption accuracy"):
         assert text in html, text
     assert "Missing" not in html
