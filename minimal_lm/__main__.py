@@ -23,11 +23,14 @@ from minimal_lm.safetensors_io import CheckpointError
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    """Bad input (a missing path, a malformed checkpoint or config, a bad value) exits with code 2 and
+    one line naming it, like argparse's own usage errors."""
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         args.run(args)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        parser.exit(2, f"python -m minimal_lm {args.command}: error: {e}\n")
 
 
 def _parser():

@@ -85,6 +85,11 @@ class ModelConfig:
             raise ConfigError(f"attention_impl={self.attention_impl!r}: expected None, 'xla' or 'cudnn'")
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps={self.norm_eps}: expected a positive number")
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std >= 0:
+            raise ConfigError(f"init_std={self.init_std!r}: expected a number >= 0")
+        for name in ("qkv_bias", "tie_embeddings", "scan_layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected true or false")
 
     @property
     def kv_heads(self) -> int:
@@ -125,7 +130,7 @@ def _build(cls, d, where):
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
     try:
         return cls(**d)
-    except TypeError as e:
+    except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -56,7 +56,7 @@ def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
     with open(config_path, encoding="utf-8") as f:
         try:
             hf = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
     cfg = from_hf_config(hf, config_path)
     files = _open_shards(path)
@@ -117,6 +117,8 @@ def _layout(cfg: ModelConfig):
 def _load_params(cfg, files, np_dtype, config_path):
     top, layer = _layout(cfg)
     L = cfg.num_layers
+    if L > len(files):
+        raise CheckpointError(f"{_where(files)}: {len(files)} tensors cannot hold the {L} layers of {config_path}")
     expected = {name for _, name, *_ in top} | {f"model.layers.{i}.{name}" for _, name, *_ in layer for i in range(L)}
     ignored = {n for n in files if n.endswith("rotary_emb.inv_freq")}
     if cfg.tie_embeddings and "lm_head.weight" in files:
@@ -131,12 +133,14 @@ def _load_params(cfg, files, np_dtype, config_path):
         raise CheckpointError(f"{_where(files)}: missing tensor(s) {_few(missing)} required by {config_path}")
     if extra:
         raise CheckpointError(f"{_where(files)}: unexpected tensor(s) {_few(extra)} for the model in {config_path}")
+    for _, name, shape, *_ in top + [(k, f"model.layers.{i}.{n}", *r) for k, n, *r in layer for i in range(L)]:
+        f = files[name]
+        if f.shape(name) != shape:  # before allocating anything
+            raise CheckpointError(f"{f.path}: tensor {name!r} has shape {list(f.shape(name))}, expected "
+                                  f"{list(shape)} from {config_path}")
 
     def fill(out, name, shape, split, perm):
         f = files[name]
-        if f.shape(name) != shape:
-            raise CheckpointError(f"{f.path}: tensor {name!r} has shape {list(f.shape(name))}, expected "
-                                  f"{list(shape)} from {config_path}")
         if f.dtype(name).kind != "f" and f.dtype(name) != np.dtype(ml_dtypes.bfloat16):
             raise CheckpointError(f"{f.path}: tensor {name!r} has dtype {f.dtype(name)}, expected floating point")
         out[...] = f.get(name).reshape(split).transpose(perm)
@@ -165,7 +169,7 @@ def _open_shards(path) -> dict[str, SafetensorsFile]:
         with open(index, encoding="utf-8") as f:
             try:
                 weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index}: expected JSON with a 'weight_map' ({e!r})") from None
         shards = {}
         for shard in sorted(set(weight_map.values())):

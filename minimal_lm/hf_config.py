@@ -6,6 +6,8 @@ wrong function silently.
 """
 from __future__ import annotations
 
+import math
+
 from minimal_lm.config import ConfigError, ModelConfig
 from minimal_lm.positions import rope_from_hf, rope_to_hf
 
@@ -40,11 +42,23 @@ REQUIRED_VALUES = {
     "partial_rotary_factor": ((1.0, 1, None), "HF Llama rotates whole heads"),
 }
 """Keys whose other values change the math: key -> (allowed values, why)."""
+_POSITIVE_INTS = {"vocab_size": True, "hidden_size": True, "num_hidden_layers": True, "num_attention_heads": True,
+                  "intermediate_size": True, "num_key_value_heads": False, "head_dim": False,
+                  "max_position_embeddings": False, "sliding_window": False}
+"""Integer sizes: key -> required."""
+_POSITIVE_NUMBERS = ("rms_norm_eps", "initializer_range", "rope_theta")
+_BOOLS = ("tie_word_embeddings", "use_sliding_window", "attention_bias")
+_ROPE_INTS = ("original_max_position_embeddings",)
 
 
 def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
-    """ModelConfig for an HF Llama/Mistral/Qwen2 config dict; unknown or unsupported keys raise."""
+    """ModelConfig for an HF Llama/Mistral/Qwen2 config dict; unknown or unsupported keys, and values
+    of the wrong type or range, raise a ConfigError naming the key."""
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     archs = hf.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ConfigError(f"{where}: architectures={archs!r}: expected a list of names")
     supported = [a for a in archs if a in ARCHITECTURES]
     if not supported:
         raise ConfigError(f"{where}: architectures={archs!r} is not supported; expected one of "
@@ -55,26 +69,70 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
     if unknown:
         raise ConfigError(f"{where}: key(s) {', '.join(unknown)} are not understood and may change the math; "
                           "supported keys are listed in minimal_lm.hf_config")
+    _check_types(hf, where)
     for key, (allowed, why) in REQUIRED_VALUES.items():
         if key in hf and hf[key] not in allowed:
             raise ConfigError(f"{where}: {key}={hf[key]!r} is not supported ({why}; expected one of {allowed})")
     if family != "qwen2" and hf.get("attention_bias"):
         raise ConfigError(f"{where}: attention_bias=true (biases on q/k/v and o_proj) is not supported")
-    for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-        if k not in hf:
-            raise ConfigError(f"{where}: missing required key {k!r}")
     max_pos = hf.get("max_position_embeddings") or _DEFAULT_MAX_POS[family]
     _check_sliding_window(hf, family, max_pos, where)
     fields = dict(
         vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], num_kv_heads=hf.get("num_key_value_heads"),
         head_dim=hf.get("head_dim"), mlp_dim=hf["intermediate_size"], max_seq_len=max_pos,
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), init_std=float(hf.get("initializer_range") or 0.02), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=_QKV_BIAS[family], **rope_from_hf(hf, where))
+        norm_eps=float(hf.get("rms_norm_eps") or 1e-6), init_std=float(hf.get("initializer_range") or 0.02),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=_QKV_BIAS[family], **rope_from_hf({k: v for k, v in hf.items() if v is not None}, where))
     try:
         return ModelConfig(**fields)
-    except ConfigError as e:
+    except (ConfigError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_types(hf, where):
+    """Types and ranges of the keys we read, so that no bad value reaches the math."""
+    def fail(key, value, expected):
+        raise ConfigError(f"{where}: {key}={value!r}: expected {expected}")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key, required in _POSITIVE_INTS.items():
+        v = hf.get(key)
+        if v is None and not required:
+            continue
+        if key not in hf:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            fail(key, v, "a positive integer")
+    v = hf.get("max_window_layers")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        fail("max_window_layers", v, "an integer >= 0")
+    for key in _POSITIVE_NUMBERS:
+        if hf.get(key) is not None and not (number(hf[key]) and hf[key] > 0):
+            fail(key, hf[key], "a positive number")
+    for key in _BOOLS:
+        if hf.get(key) is not None and not isinstance(hf[key], bool):
+            fail(key, hf[key], "true or false")
+    types = hf.get("layer_types")
+    if types is not None and (not isinstance(types, list) or not all(isinstance(t, str) for t in types)):
+        fail("layer_types", types, "a list of names")
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = hf.get(key)
+        if rope is None:
+            continue
+        if not isinstance(rope, dict):
+            fail(key, rope, "a mapping")
+        for k, v in rope.items():
+            if k in ("rope_type", "type"):
+                if not isinstance(v, str):
+                    fail(f"{key}.{k}", v, "a name")
+            elif k in _ROPE_INTS:
+                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                    fail(f"{key}.{k}", v, "a positive integer")
+            elif not isinstance(v, dict) and not (number(v) and v > 0):
+                fail(f"{key}.{k}", v, "a positive number")
 
 
 def _check_sliding_window(hf, family, max_pos, where):

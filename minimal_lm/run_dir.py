@@ -74,10 +74,17 @@ def abstract(tree):
 
 
 def checksums(tree) -> dict[str, int]:
-    """Per-leaf checksums of the exact bits (uint32 sums weighted by odd position factors, so any
-    single changed bit shows). Orbax does not checksum array data: a flipped bit restores silently."""
-    sums = jax.device_get(_checksums(tree))
-    return {jax.tree_util.keystr(k): int(v) for k, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+    """Per-leaf checksums of the exact bits: a sum over elements of a hash of (bits, position) that is
+    one-to-one in the bits, so any single changed element shows. Orbax does not checksum array data:
+    a flipped bit restores silently."""
+    return {k: int(v) for k, v in leaves(jax.device_get(_checksums(tree))).items()}
+
+
+def leaves(tree) -> dict:
+    """{'a/b/0': leaf}: leaf names that are the same for a NamedTuple and the dict orbax stores it as."""
+    def name(k):
+        return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+    return {"/".join(map(name, path)): x for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @jax.jit
@@ -86,8 +93,10 @@ def _checksums(tree):
         bits = jnp.dtype(x.dtype).itemsize * 8
         u = (x.astype(jnp.uint32) if x.dtype == jnp.bool_ else
              jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")).astype(jnp.uint32))
-        odd = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape) * 2 + 1
-        return jnp.sum(u * odd, dtype=jnp.uint32)
+        position = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+        h = u * jnp.uint32(0x9E3779B1) + position * jnp.uint32(0x85EBCA77)
+        h = (h ^ (h >> 15)) * jnp.uint32(0xC2B2AE35)
+        return jnp.sum(h ^ (h >> 13), dtype=jnp.uint32)
     return jax.tree.map(one, tree)
 
 
@@ -96,6 +105,8 @@ def verify(tree, expected: dict | None, where: str) -> None:
     from `checksums`); None (a checkpoint written before checksums) is accepted."""
     if expected is None:
         return
+    if not isinstance(expected, dict):
+        raise CheckpointError(f"{where}: its stored checksums are unreadable ({type(expected).__name__})")
     got = checksums(tree)
     if set(got) != set(expected):
         raise CheckpointError(f"{where}: holds leaves {sorted(expected)[:4]}..., expected {sorted(got)[:4]}...")
@@ -112,17 +123,17 @@ def shape_mismatches(item_dir, like) -> list[str]:
 
     try:
         meta = ocp.PyTreeCheckpointHandler().metadata(Path(item_dir).absolute())
-        stored = jax.tree_util.tree_flatten_with_path(getattr(meta, "tree", meta))[0]
+        stored = leaves(getattr(meta, "tree", meta))
     except Exception:  # missing or damaged metadata: the restore itself reports the problem
         return []
-    stored = {jax.tree_util.keystr(k): v for k, v in stored}
     out = []
-    for k, a in jax.tree_util.tree_flatten_with_path(like)[0]:
-        name, s = jax.tree_util.keystr(k), stored.get(jax.tree_util.keystr(k))
+    for name, a in leaves(like).items():
+        s = stored.get(name)
         if s is None:
             out.append(f"{name}: missing")
         elif tuple(s.shape) != tuple(a.shape) or np.dtype(s.dtype) != np.dtype(a.dtype):
-            out.append(f"{name}: stored {list(s.shape)} {np.dtype(s.dtype)}, expected {list(a.shape)} {np.dtype(a.dtype)}")
+            out.append(f"{name}: stored {list(s.shape)} {np.dtype(s.dtype)}, "
+                       f"expected {list(a.shape)} {np.dtype(a.dtype)}")
     return out
 
 
@@ -140,7 +151,10 @@ def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, di
     step = steps[-1] if step is None else step
     if step not in steps:
         raise FileNotFoundError(f"{path / CHECKPOINTS}: no checkpoint at step {step}; available: {steps}")
-    target = abstract(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    try:
+        target = abstract(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    except Exception as e:  # a config that validates yet cannot build a model
+        raise ConfigError(f"{path / 'config.json'}: cannot build the model: {type(e).__name__}: {e}") from None
     where = path / CHECKPOINTS / str(step)
     wrong = shape_mismatches(where / PARAMS, target)
     if wrong:
@@ -156,8 +170,9 @@ def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, di
         raise CheckpointError(f"{where}: cannot restore params for the model in "
                               f"{path / 'config.json'}: {type(e).__name__}: {e}") from e
     params = got[PARAMS]
-    meta = got[META] if META in items else {}
-    verify(params, (meta.get("checksums") or {}).get(PARAMS), f"{where}/{PARAMS}")
+    meta = got[META] if META in items and isinstance(got[META], dict) else {}
+    sums = meta.get("checksums")
+    verify(params, sums.get(PARAMS) if isinstance(sums, dict) else sums, f"{where}/{PARAMS}")
     if dtype is not None:
         name = jnp.dtype(dtype).name
         params = jax.tree.map(lambda a: a.astype(name) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)

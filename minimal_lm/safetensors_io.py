@@ -51,6 +51,8 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise CheckpointError(f"{self.path}: __metadata__ is not a JSON object")
         self._data_start = 8 + n
         self._entries = {}
         data_size = size - self._data_start
@@ -61,8 +63,14 @@ class SafetensorsFile:
         where = f"{self.path}: tensor {name!r}"
         if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
             raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets, got {e!r}")
-        if e["dtype"] not in DTYPES:
-            raise CheckpointError(f"{where}: dtype {e['dtype']!r} is not supported; expected one of {', '.join(DTYPES)}")
+        if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES:
+            raise CheckpointError(f"{where}: dtype {e['dtype']!r} is not supported; "
+                                  f"expected one of {', '.join(DTYPES)}")
+        if not isinstance(e["shape"], list) or not all(_is_uint(d) for d in e["shape"]):
+            raise CheckpointError(f"{where}: shape {e['shape']!r}: expected a list of integers >= 0")
+        if not isinstance(e["data_offsets"], list) or len(e["data_offsets"]) != 2 or not all(
+                _is_uint(o) for o in e["data_offsets"]):
+            raise CheckpointError(f"{where}: data_offsets {e['data_offsets']!r}: expected [begin, end], integers >= 0")
         dtype, shape, (begin, end) = DTYPES[e["dtype"]], tuple(e["shape"]), e["data_offsets"]
         if not 0 <= begin <= end:
             raise CheckpointError(f"{where}: bad data_offsets {[begin, end]}")
@@ -98,6 +106,10 @@ class SafetensorsFile:
         if name not in self._entries:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         return self._entries[name]
+
+
+def _is_uint(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None):

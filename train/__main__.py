@@ -1,5 +1,6 @@
 """`python -m train --config configs/NAME.py --out RUN_DIR [key=value ...]` trains (or resumes);
-`python -m train prepare --out DATA_DIR FILE ...` writes token shards. Config errors exit with code 2."""
+`python -m train prepare --out DATA_DIR FILE ...` writes token shards. Bad input (config, overrides, paths,
+data, a run directory of another config) exits with code 2; a non-finite loss or unusable checkpoints with 1."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         jax.distributed.initialize()
+    from minimal_lm.safetensors_io import CheckpointError
     from train.config import load_config
+    from train.data import DataError
     from train.loop import NonFiniteLoss, run
 
     try:
@@ -32,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(cfg, args.out)
     except ConfigError as e:
         p.exit(2, f"python -m train: config error: {e}\n")
-    except NonFiniteLoss as e:
+    except (DataError, FileNotFoundError) as e:
+        p.exit(2, f"python -m train: data error: {e}\n")
+    except (NonFiniteLoss, CheckpointError) as e:
         p.exit(1, f"python -m train: {e}\n")
     print(f"run {args.out}: step {result['step']}, eval loss {result.get('eval_loss', float('nan')):.4f}; "
           f"metrics in {args.out}/metrics.jsonl")

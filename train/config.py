@@ -108,9 +108,12 @@ class RunConfig:
         if not isinstance(d, dict) or set(d) != {"model", "train", "data"}:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ConfigError(f"{where}: expected sections model, train, data; got {got}")
-        return cls(ModelConfig.from_dict(d["model"], f"{where}: model"),
-                   _build(TrainConfig, d["train"], f"{where}: train"),
-                   _build(DataConfig, d["data"], f"{where}: data"))
+        parts = (ModelConfig.from_dict(d["model"], f"{where}: model"),
+                 _build(TrainConfig, d["train"], f"{where}: train"), _build(DataConfig, d["data"], f"{where}: data"))
+        try:
+            return cls(*parts)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -240,7 +243,7 @@ def _build(cls, d, where):
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
     try:
         return cls(**d)
-    except TypeError as e:
+    except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -1,21 +1,26 @@
 """The training loop: resume or start, step, log one step late (no host sync inside the step),
-evaluate, checkpoint, stop on a non-finite loss."""
+evaluate, checkpoint, stop on a non-finite loss (or skip that batch, with train.skip_nonfinite)."""
 from __future__ import annotations
 
+import functools
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from minimal_lm.config import ConfigError
+from minimal_lm.safetensors_io import CheckpointError
 from train import checkpoint
 from train.config import RunConfig
 from train.data import make_source
-from train.step import init_state, steps
+from minimal_lm.sharding import batch_sharding
+from train.step import init_state, mesh_for, steps
 
 Hook = Callable[[int, dict], "dict | None"]
 """Called at each evaluation with (step, params); a returned dict is added to that metrics line."""
@@ -33,20 +38,25 @@ def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
     if source.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary "
                           f"({source.vocab_size} tokens); raise model.vocab_size")
+    source.check(tc.seq_len + 1, cfg.model.vocab_size)
     checkpoint.open_run_dir(out, cfg)
     source.save_tokenizer(out)
-    state = init_state(cfg.model, tc)
+    if not checkpoint.steps_in(out) and read_metrics(out):
+        raise CheckpointError(f"{out}: metrics.jsonl reaches step {read_metrics(out)[-1].get('step')} but no "
+                              f"checkpoint is left in {out / 'checkpoints'}; not starting over silently: pass "
+                              f"train.overwrite=true to start over")
+    start, state = checkpoint.resume(out, init_state(cfg.model, tc))
     mngr = checkpoint.manager(out, cfg)
-    start = mngr.latest_step() or 0
-    if start:
-        state = checkpoint.restore(mngr, start, state)
-    else:
+    if not start:
         checkpoint.save(mngr, 0, state)
+        mngr.wait_until_finished()  # no metrics line before a checkpoint exists
     _truncate_metrics(out / "metrics.jsonl", start)
     stop = min(tc.stop_after or tc.steps, tc.steps)
     train_step, eval_loss = steps(cfg.model, tc)
+    if tc.skip_nonfinite:
+        train_step = _skipping(train_step, batch_sharding(mesh_for(tc)))
     eval_batches = [source.eval_batch(i, tc.batch_size, tc.seq_len) for i in range(tc.eval_batches)]
-    log = _Log(out / "metrics.jsonl", tc.batch_size * tc.seq_len, tc.log_every)
+    log = _Log(out / "metrics.jsonl", tc.batch_size * tc.seq_len, tc.log_every, tc.skip_nonfinite)
     bar = tqdm(total=stop, initial=start, unit="step", desc=out.name, disable=not tc.progress or start >= stop)
     pending = None
     try:
@@ -79,42 +89,75 @@ def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
     return summary(out)
 
 
-class _Log:
-    """Fetches each step's metrics one step late and appends lines to metrics.jsonl."""
+@functools.lru_cache(maxsize=16)
+def _skipping(train_step, batch_sh):
+    """`train_step` that returns its input state unchanged where the loss or gradient is not finite,
+    decided on device (no host sync); its metrics gain "skipped". Batches are placed as global arrays
+    first, as train.step does, so this also runs on many hosts."""
+    @functools.partial(jax.jit, donate_argnums=0)
+    def guarded(state, tokens_BT1, i):
+        new, metrics = train_step(state, tokens_BT1, i)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state), {**metrics, "skipped": ~ok}
 
-    def __init__(self, path: Path, tokens_per_step: int, every: int):
-        self.path, self.tokens_per_step, self.every = path, tokens_per_step, every
+    def step(state, tokens_BT1, i):
+        tokens_BT1 = np.asarray(tokens_BT1)
+        return guarded(state, jax.make_array_from_callback(tokens_BT1.shape, batch_sh, lambda j: tokens_BT1[j]), i)
+    return step
+
+
+class _Log:
+    """Fetches each step's metrics one step late and appends lines to metrics.jsonl; a non-finite step
+    raises NonFiniteLoss, unless it was skipped and fewer than `skip + 1` came in a row."""
+
+    def __init__(self, path: Path, tokens_per_step: int, every: int, skip: int = 0):
+        self.path, self.tokens_per_step, self.every, self.skip = path, tokens_per_step, every, skip
         self.losses: list[float] = []
+        self.skipped, self.in_a_row, self.checked = 0, 0, None
         self.last_time, self.last_step = time.perf_counter(), None
 
     def check(self, step, metrics):
+        if self.checked and self.checked[0] == step:
+            return self.checked[1]
         m = jax.device_get(metrics)
-        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        self.in_a_row = 0 if np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) else self.in_a_row + 1
+        if self.in_a_row and not (m.get("skipped") and self.in_a_row <= self.skip):
+            hint = (f"{self.in_a_row} in a row, more than train.skip_nonfinite={self.skip}" if self.skip else
+                    "train.skip_nonfinite=N skips up to N such batches in a row")
             raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: loss {m['loss']}, "
-                                f"grad norm {m['grad_norm']}")
+                                f"grad norm {m['grad_norm']} ({hint})")
+        if self.in_a_row:
+            warnings.warn(f"non-finite loss or gradient at step {step} (loss {m['loss']}): batch skipped, params "
+                          f"and optimizer state unchanged ({self.in_a_row} in a row, at most {self.skip})")
+        self.checked = (step, m)
         return m
 
     def record(self, step, metrics, bar, extra=None):
         m = self.check(step, metrics)
-        self.losses.append(float(m["loss"]))
+        if m.get("skipped"):
+            self.skipped += 1
+        else:
+            self.losses.append(float(m["loss"]))
         bar.update(1)
         bar.set_postfix(loss=f"{m['loss']:.3f}", **({"eval": f"{extra['eval_loss']:.3f}"} if extra else {}))
         if step % self.every and not extra:
             return
         now = time.perf_counter()
         n = step - self.last_step if self.last_step is not None else len(self.losses)
-        line = {"step": step, "loss": float(np.mean(self.losses)), "lr": float(m["lr"]),
-                "grad_norm": float(m["grad_norm"]), "tokens_per_s": n * self.tokens_per_step / (now - self.last_time),
-                **(extra or {})}
+        line = {"step": step, "loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+                "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+                "tokens_per_s": n * self.tokens_per_step / (now - self.last_time),
+                **({"skipped": self.skipped} if self.skipped else {}), **(extra or {})}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
-        self.losses, self.last_time, self.last_step = [], now, step
+        self.losses, self.skipped, self.last_time, self.last_step = [], 0, now, step
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines past the checkpoint a run resumes from (a killed run may have logged further)."""
     if path.is_file():
-        path.write_text("".join(json.dumps(m) + "\n" for m in read_metrics(path.parent) if m["step"] <= step))
+        checkpoint.write_atomic(path, "".join(json.dumps(m) + "\n" for m in read_metrics(path.parent)
+                                              if m["step"] <= step))
 
 
 def read_metrics(out: str | Path) -> list[dict]:
