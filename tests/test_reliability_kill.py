@@ -40,7 +40,7 @@ CHILD = """
         return rename(src, dst, *a, **k)
 
     os.rename = dying_rename
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{root!r}, {tests!r}]
     from test_reliability_kill import config, probe_hook
     from train import checkpoint, run
 
@@ -92,7 +92,7 @@ def test_repeated_kills_lose_nothing(tmp_path):
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD.format(tests=str(Path(__file__).parent))))
+    script.write_text(textwrap.dedent(CHILD.format(root=str(ROOT), tests=str(Path(__file__).parent))))
     out = tmp_path / "killed"
 
     proc = start(script, out, kill_at_commit=SAVE_KILLED)
