@@ -310,7 +310,7 @@ def train_scheme(study: StudyConfig, cfg: RunConfig, run_dir: Path, batch, runs:
     def step0(like=None):
         if (record_dir(run_dir) / "step_00000000.npz").is_file():
             return
-        params = _init(cfg.model, jax.random.key(tc.seed))  # as train.step creates them
+        params = init_params(cfg.model, jax.random.key(tc.seed))  # as train.step does; eager ops serve all schemes
         if like is not None:  # placed like the live params, so the probe programs are shared
             params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, like))
         measure(0, params)
@@ -326,9 +326,6 @@ def train_scheme(study: StudyConfig, cfg: RunConfig, run_dir: Path, batch, runs:
     last = _last_checkpoint(run_dir)
     if not (record_dir(run_dir) / f"step_{last:08d}.npz").is_file():
         measure(last, load_run(run_dir, step=last)[1])
-
-
-_init = jax.jit(init_params, static_argnums=0)
 
 
 def _last_checkpoint(run_dir: Path) -> int:

@@ -1,67 +1,12 @@
-"""Emergence summaries: a planted massive dim (weights edited between two training runs) is dated to the
-first record after the edit; series, pooling of disruption results, logs."""
-import dataclasses
+"""Emergence summaries from records (the planted run is in test_study.py), pooling of disruption
+results, disruption logs, and the summary's disruption sentence."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from probes import emergence as em
-from probes.records import Record, read_records
-from probes.study import load_study, probe_batch, train_scheme
-
-CONFIGS = Path(__file__).parents[1] / "configs"
-MICRO = ["model.d_model=32", "model.num_heads=2", "train.seq_len=32", "train.batch_size=4", "train.steps=8",
-         "train.warmup_steps=2", "train.progress=false", "study.probe_every=2", "study.disrupt_every=4",
-         "study.disrupt_n=2", "study.disrupt_max_new_tokens=3", "study.probe_rows=4", "study.heatmap_steps=8",
-         "study.disrupt_modes=none,massive"]
-"""As in test_study.py, so both reuse the compiled programs."""
-EDIT_AFTER, LAYER, DIM = 4, 1, 3
-
-
-def _plant(run_dir, cfg):
-    """Multiply one dim of W_k in one layer and head by 50 in the checkpoint at EDIT_AFTER."""
-    from train import checkpoint
-    from train.step import TrainState, init_state
-
-    mngr = checkpoint.manager(run_dir, cfg)
-    state = checkpoint.restore(mngr, EDIT_AFTER, init_state(cfg.model, cfg.train))
-    wk = state.params["layers"]["wk"]
-    params = {**state.params, "layers": {**state.params["layers"], "wk": wk.at[LAYER, :, 0, DIM].multiply(50.0)}}
-    mngr.delete(EDIT_AFTER)
-    checkpoint.save(mngr, EDIT_AFTER, TrainState(params, state.opt_state))
-    mngr.wait_until_finished()
-    mngr.close()
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("planted")
-    study = load_study(CONFIGS / "study_default.py", MICRO + ["study.schemes=rope", "study.disrupt_tasks=none"])
-    batch = probe_batch(study, out)
-    cfg = study.scheme_config("rope")
-    stopped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stop_after=EDIT_AFTER))
-    train_scheme(study, stopped, out / "rope", batch, [])
-    _plant(out / "rope", cfg)
-    train_scheme(study, cfg, out / "rope", batch, [])
-    return read_records(out / "rope")
-
-
-def test_planted_dim_is_dated_to_the_first_record_after_the_edit(planted, tmp_path):
-    assert [r.step for r in planted] == [0, 2, 4, 6, 8]
-    s = em.summarize(planted, lam=5.0)
-    k_pre = s["sites"]["k_pre"]
-    assert k_pre[LAYER]["first_massive_step"] == EDIT_AFTER + 2
-    assert k_pre[LAYER]["largest_rise_step"] == EDIT_AFTER + 2
-    assert not k_pre[LAYER]["massive_at_init"] and k_pre[LAYER]["init"] < 5.0 < k_pre[LAYER]["final"]
-    assert k_pre[LAYER]["massive_count_init"] == 0 and k_pre[LAYER]["massive_count_final"] >= 1
-    assert k_pre[0]["first_massive_step"] is None, "the other layer is untouched"
-    assert s["sites"]["q_pre"][LAYER]["first_massive_step"] is None
-    assert s["sites"]["v"][LAYER]["first_massive_step"] is None
-    assert planted[-1].summary["k_pre"]["top1_dims"][LAYER][0] == DIM
-    path = em.emergence_figure(planted, tmp_path / "e.png", lam=5.0, chance=0.25, rotated=True)
-    assert path.stat().st_size > 10_000
+from probes.records import Record
 
 
 def _record(step, ratios, shares):

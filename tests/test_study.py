@@ -1,5 +1,6 @@
 """The study end to end on micro models: every file, step-0 records from the initial params, resume after
-a crash without duplicates, reruns that skip finished work, the report without a scheme; study configs."""
+a crash without duplicates, a planted massive dim dated to its step, reruns that skip finished work, the
+report without a scheme; study configs."""
 import contextlib
 import dataclasses
 import io
@@ -13,6 +14,7 @@ import pytest
 
 from minimal_lm import ConfigError, count_params
 from minimal_lm.run_dir import load_run
+from probes import emergence as em
 from probes.__main__ import main
 from probes.emergence import read_disruption_log, read_jsonl
 from probes.records import TrainingProbe, read_records, record_dir
@@ -24,21 +26,37 @@ MICRO = ["model.d_model=32", "model.num_heads=2", "train.seq_len=32", "train.bat
          "train.warmup_steps=2", "train.progress=false", "study.probe_every=2", "study.disrupt_every=4",
          "study.disrupt_n=2", "study.disrupt_max_new_tokens=3", "study.probe_rows=4", "study.heatmap_steps=8",
          "study.disrupt_modes=none,massive"]
-"""Micro settings, shared with test_emergence.py so that both reuse the compiled programs."""
 SCHEMES = ("rope", "none")
+EDIT_AT, LAYER, DIM = 4, 1, 3  # the planted edit: W_k of this layer, head 0, this dim, x50 in checkpoint EDIT_AT
 
 
-def micro(*extra):
-    return load_study(CONFIGS / "study_default.py", MICRO + [f"study.schemes={','.join(SCHEMES)}", *extra])
+def micro(*extra, schemes=SCHEMES):
+    return load_study(CONFIGS / "study_default.py", MICRO + [f"study.schemes={','.join(schemes)}", *extra])
+
+
+def _plant(run_dir, cfg):
+    from train import checkpoint
+    from train.step import TrainState
+
+    mngr = checkpoint.manager(run_dir, cfg)
+    state = checkpoint.restore(mngr, EDIT_AT, init_state(cfg.model, cfg.train))
+    layers = state.params["layers"]
+    params = {**state.params, "layers": {**layers, "wk": layers["wk"].at[LAYER, :, 0, DIM].multiply(50.0)}}
+    mngr.delete(EDIT_AT)
+    checkpoint.save(mngr, EDIT_AT, TrainState(params, state.opt_state))
+    mngr.wait_until_finished()
+    mngr.close()
 
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    """A study interrupted at step 4 (plus the stale files a kill after that checkpoint leaves), then
-    completed through the command line; returns (directory, printed output)."""
+    """RoPE trained to step EDIT_AT and killed there (leaving stale files past its last checkpoint), its
+    checkpoint edited (a planted massive dim), then the whole study run through the command line."""
     out = tmp_path_factory.mktemp("study")
-    run_study(micro("train.stop_after=4"), out, progress=False, report=False)
+    first = micro(f"train.stop_after={EDIT_AT}", schemes=("rope",))
+    run_study(first, out, progress=False, report=False)
     rope = out / "rope"
+    _plant(rope, first.scheme_config("rope"))
     shutil.copy(record_dir(rope) / "step_00000004.npz", record_dir(rope) / "step_00000006.npz")
     with open(rope / "disruption.jsonl", "a") as f:
         f.write(json.dumps({"step": 8, "accuracy": {"none": {"contextual": 1.0}}, "n": {"contextual": 2}}) + "\n")
@@ -78,6 +96,23 @@ def test_resume_replaced_the_stale_files_of_the_killed_run(study_dir):
     assert read_disruption_log(rope)[-1]["n"] == {"contextual": 2, "parametric": 2}
     assert len(read_jsonl(rope / "disruption.jsonl")) == 3, "the stale line was dropped, not shadowed"
     assert (rope / "disruption" / "step_00000004" / "index.html").is_file(), "the interrupted run's experiment"
+
+
+def test_planted_dim_is_dated_to_the_first_record_after_the_edit(study_dir):
+    summary = em.summarize(read_records(study_dir / "rope"), lam=5.0)
+    k_pre = summary["sites"]["k_pre"]
+    assert k_pre[LAYER]["first_massive_step"] == EDIT_AT + 2 and k_pre[LAYER]["largest_rise_step"] == EDIT_AT + 2
+    assert not k_pre[LAYER]["massive_at_init"] and k_pre[LAYER]["init"] < 5.0 < k_pre[LAYER]["final"]
+    assert k_pre[LAYER]["massive_count_init"] == 0 and k_pre[LAYER]["massive_count_final"] >= 1
+    assert k_pre[0]["first_massive_step"] is None, "the other layer is untouched"
+    assert summary["sites"]["q_pre"][LAYER]["first_massive_step"] is None
+    assert summary["sites"]["v"][LAYER]["first_massive_step"] is None
+    assert read_records(study_dir / "rope")[-1].summary["k_pre"]["top1_dims"][LAYER][0] == DIM
+    none = em.summarize(read_records(study_dir / "none"), lam=5.0)
+    assert all(x["first_massive_step"] is None for site in none["sites"].values() for x in site)
+    html = (study_dir / "index.html").read_text()
+    assert "A massive dim absent at step 0 appeared in: RoPE (K)." in html
+    assert "No Q/K dim crossed λ = 5 (beyond step 0) in: NoPE." in html
 
 
 def test_step0_records_come_from_the_initial_params_and_schemes_share_them(study_dir):
@@ -156,3 +191,31 @@ def test_another_study_in_the_same_directory_is_refused(study_dir, tmp_path):
     shutil.copy(study_dir / "study.json", tmp_path / "study.json")
     with pytest.raises(ConfigError, match=r"differing keys: study.probe_every: 2 -> 4"):
         run_study(micro("study.probe_every=4"), tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_text_corpus_study_with_the_paper_tasks(tmp_path):
+    """study_gpu.py's path at micro size: token shards, held-out corpus rows as the probe batch, the
+    paper's passkey (contextual) and Yes/No facts (parametric) as the disruption tasks."""
+    from probes.tasks import PASSKEY_FILLER, PASSKEY_INSTRUCTION
+    from train.config import DataConfig
+    from train.prepare import prepare
+    from train.synthetic import batch, decode
+
+    docs = [decode(row) for step in range(8) for row in batch(DataConfig(), "train", step, 8, 400)]
+    (tmp_path / "corpus.txt").write_text("\n".join(docs + [PASSKEY_INSTRUCTION, PASSKEY_FILLER] * 40) + "\n")
+    prepare([tmp_path / "corpus.txt"], tmp_path / "data", vocab_size=512, val_fraction=0.1)
+    study = load_study(f"{CONFIGS}/study_gpu.py", [
+        f"data.path={tmp_path / 'data'}", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
+        "model.vocab_size=512", "model.max_seq_len=256", "model.dtype=float32", "train.seq_len=64",
+        "train.batch_size=4", "train.steps=4", "train.warmup_steps=1", "train.eval_batches=1", "train.progress=false",
+        "study.schemes=rope", "study.probe_every=2", "study.disrupt_every=0", "study.probe_len=64",
+        "study.disrupt_n=2", "study.disrupt_batch_size=4", "study.heatmap_steps=4"])
+    index = run_study(study, tmp_path / "study", progress=False)
+    run = tmp_path / "study" / "rope"
+    assert [r.step for r in read_records(run)] == [0, 2, 4]
+    assert np.load(tmp_path / "study" / "probe_batch.npz")["tokens"].shape == (16, 64)
+    result = json.loads((run / "disruption" / "step_00000004" / "results.json").read_text())
+    assert [(r["task"], r["kinds"], r["n"]) for r in result["runs"]] == [("passkey", ["contextual"], 2),
+                                                                       ("facts", ["parametric"], 2)]
+    assert "Disruption accuracy" in index.read_text()
