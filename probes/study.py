@@ -246,7 +246,10 @@ def probe_batch(study: StudyConfig, out: Path) -> tuple[np.ndarray, np.ndarray]:
 
         tokens = make_source(study.base.data).eval_batch(1 << 16, study.probe_rows, study.probe_len)[:, 1:]
         mask = np.ones(tokens.shape, bool)
-    np.savez(path, tokens=tokens.astype(np.int32), mask=mask)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, tokens=tokens.astype(np.int32), mask=mask)
+    tmp.replace(path)
     return tokens, mask
 
 
