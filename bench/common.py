@@ -50,11 +50,22 @@ def full_mode(args) -> bool:
     return args.full or (not args.tiny and gpu_available())
 
 
-def child_env() -> dict:
+def cpu_threads(full: bool) -> int:
+    """Threads per side on CPU: BENCH_CPU_THREADS, else 1 at tiny shapes (0: each framework's default).
+    One thread each keeps the ratio stable on a shared machine: two OpenMP/Eigen pools spinning on
+    two busy cores swing the figures by 10x from run to run."""
+    return int(os.environ.get("BENCH_CPU_THREADS", "0" if full else "1"))
+
+
+def child_env(threads: int = 0) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        flags = f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} intra_op_parallelism_threads={threads}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
     return env
 
 
@@ -63,7 +74,8 @@ def run_side(script: str, side: str, argv: list[str], timeout: int = 900) -> dic
     cmd = [sys.executable, script, "--side", side, *argv]
     label = f"{os.path.basename(script)} --side {side}"
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout)
+    threads = cpu_threads("--full" in argv)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(threads), timeout=timeout)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr[-4000:])
@@ -161,6 +173,8 @@ class Report:
     """Rows of (what, ours, peer, ratio) printed as they come and optionally appended as markdown."""
 
     def __init__(self, title: str, full: bool, shapes: str):
+        threads = cpu_threads(full)
+        shapes += f"; CPU threads per side: {threads or 'framework default'}"
         self.title, self.full, self.shapes, self.rows, self.notes = title, full, shapes, [], []
         self.load = _loadavg()
         print(f"== {title} ({'full' if full else 'tiny CPU'} shapes: {shapes})", flush=True)

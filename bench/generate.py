@@ -20,7 +20,7 @@ def shape(full: bool) -> dict:
 
 def schedule(full: bool) -> dict:
     """After one checked call (the compile); a GPU gets one more warm-up for torch.compile's recompiles."""
-    return dict(warmup=int(full), iters=1, repeats=3)
+    return dict(warmup=int(full), iters=1, repeats=3 if full else 7)
 
 
 def prompts(s: dict) -> list[list[int]]:

@@ -22,7 +22,7 @@ def shape(full: bool) -> dict:
 
 
 def schedule(full: bool) -> dict:
-    return dict(warmup=2, iters=3, repeats=3) if full else dict(warmup=2, iters=3, repeats=5)
+    return dict(warmup=2, iters=3, repeats=3) if full else dict(warmup=2, iters=10, repeats=7)
 
 
 def ours(s: dict, full: bool, variants=VARIANTS) -> dict:
