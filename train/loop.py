@@ -16,10 +16,10 @@ from tqdm import tqdm
 
 from minimal_lm.config import ConfigError
 from minimal_lm.safetensors_io import CheckpointError
+from minimal_lm.sharding import batch_sharding
 from train import checkpoint
 from train.config import RunConfig
 from train.data import make_source
-from minimal_lm.sharding import batch_sharding
 from train.step import init_state, mesh_for, steps
 
 Hook = Callable[[int, dict], "dict | None"]
@@ -143,7 +143,7 @@ class _Log:
         if step % self.every and not extra:
             return
         now = time.perf_counter()
-        n = step - self.last_step if self.last_step is not None else len(self.losses)
+        n = step - self.last_step if self.last_step is not None else len(self.losses) + self.skipped
         line = {"step": step, "loss": float(np.mean(self.losses)) if self.losses else float("nan"),
                 "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                 "tokens_per_s": n * self.tokens_per_step / (now - self.last_time),
