@@ -78,8 +78,11 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(poisoned, 
 
 
 def test_skipped_batches_leave_params_and_optimizer_state_unchanged(poisoned, tmp_path):
-    with pytest.warns(UserWarning, match=r"step 8 \(loss nan\): batch skipped, params and optimizer state unchanged"):
+    with pytest.warns(UserWarning) as warned:
         run(tiny("train.skip_nonfinite=2"), tmp_path)
+    skips = [re.search(r"at step (\d+) \(loss nan\): batch skipped, params and optimizer state unchanged "
+                       r"\((\d) in a row, at most 2\)", str(w.message)) for w in warned]
+    assert [tuple(map(int, m.groups())) for m in skips if m] == [(8, 1), (11, 1), (12, 2)]
     lines = read_metrics(tmp_path)
     assert [m["step"] for m in lines] == list(range(1, 15))
     assert [m["step"] for m in lines if m.get("skipped")] == [8, 11, 12]
