@@ -13,7 +13,8 @@ import pytest
 from minimal_lm import CheckpointError
 from minimal_lm.run_dir import checkpoint_steps, load_run
 from train import load_config, read_metrics, run
-from train.checkpoint import CORRUPT, CheckpointWarning, RunDirConflict, open_run_dir
+from train.checkpoint import CORRUPT, CheckpointWarning, RunDirConflict, open_run_dir, resume
+from train.step import init_state
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 TINY = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.max_seq_len=64",
@@ -83,6 +84,18 @@ def test_damaged_newest_checkpoints_are_named_set_aside_and_the_run_resumes_exac
     assert got == want
 
 
+def test_save_killed_before_its_commit_and_a_cut_off_metrics_line(ref, copy):
+    """The files a kill -9 leaves mid-save (tests/test_reliability_kill.py makes them for real): orbax's
+    uncommitted temporary directory and half a metrics line."""
+    (copy / "checkpoints" / "40").rename(copy / "checkpoints" / "40.orbax-checkpoint-tmp")
+    with open(copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": 41, "lo')
+    run(tiny(), copy)
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["10", "20", "30", "40"]
+    assert [m["step"] for m in read_metrics(copy)] == list(range(1, 41))
+    assert same_params(load_run(ref)[1], load_run(copy)[1])
+
+
 def test_no_restorable_checkpoint_stops_and_moves_nothing(copy):
     for step in (10, 20, 30, 40):
         truncate(copy / "checkpoints" / str(step))
@@ -120,7 +133,7 @@ def test_checkpoint_of_another_model_is_refused_naming_the_leaves(copy):
         load_run(copy)
     with pytest.raises(CheckpointError, match=r"checkpoints/40: params do not fit this config: "
                                               r"embed: stored \[264, 32\] float32, expected \[264, 48\]"):
-        run(tiny("model.d_model=48"), copy)
+        resume(copy, jax.eval_shape(lambda: init_state(tiny("model.d_model=48").model, tiny().train)))
     assert checkpoint_steps(copy) == [10, 20, 30, 40] and not (copy / CORRUPT).exists()
 
 
