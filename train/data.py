@@ -77,7 +77,7 @@ class Shards:
         room = np.array([max(len(a) - length + 1, 0) for a in self.arrays], np.float64)
         if room.sum() == 0:
             raise DataError(f"{self.path}: split {self.split!r} has no shard with {length} tokens "
-                             f"(train.seq_len + 1); lower train.seq_len or add text")
+                            f"(train.seq_len + 1); lower train.seq_len or add text")
         shard = rng.choice(len(self.arrays), size=batch_size, p=room / room.sum())
         starts = (rng.random(batch_size) * room[shard]).astype(np.int64)
         return np.stack([self.arrays[s][o:o + length] for s, o in zip(shard, starts)]).astype(np.int32)
