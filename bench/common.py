@@ -74,6 +74,7 @@ def run_side(script: str, side: str, argv: list[str], timeout: int = 900) -> dic
     cmd = [sys.executable, script, "--side", side, *argv]
     label = f"{os.path.basename(script)} --side {side}"
     t0 = time.perf_counter()
+    print(f"   ({label} ...)", file=sys.stderr, flush=True)
     threads = cpu_threads("--full" in argv)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(threads), timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -82,6 +83,7 @@ def run_side(script: str, side: str, argv: list[str], timeout: int = 900) -> dic
         raise SystemExit(f"{label}: failed with exit code {proc.returncode}")
     result = json.loads(lines[-1])
     result["process_s"] = time.perf_counter() - t0
+    print(f"   ({label}: {result['process_s']:.0f} s)", file=sys.stderr, flush=True)
     return result
 
 
