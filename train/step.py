@@ -68,8 +68,12 @@ def state_shardings_for(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh):
 def init_state(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh | None = None) -> TrainState:
     """Fresh params and optimizer state, created already split over the mesh (no full host copy), with
     the same shardings as restored checkpoints and the compiled step."""
-    mesh = mesh or mesh_for(tc)
-    return jax.jit(lambda: _fresh_state(cfg, tc), out_shardings=state_shardings_for(cfg, tc, mesh))()
+    return _init_fn(cfg, tc, mesh or mesh_for(tc))()
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh):
+    return jax.jit(lambda: _fresh_state(cfg, tc), out_shardings=state_shardings_for(cfg, tc, mesh))
 
 
 def loss_fn(params, tokens_BT1, cfg: ModelConfig):
