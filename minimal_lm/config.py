@@ -54,7 +54,7 @@ class ModelConfig:
         if self.position is None:
             object.__setattr__(self, "position", "none")
         if isinstance(self.rope_scaling, dict):
-            object.__setattr__(self, "rope_scaling", _build(Llama3Scaling, self.rope_scaling, "rope_scaling"))
+            object.__setattr__(self, "rope_scaling", build_dataclass(Llama3Scaling, self.rope_scaling, "rope_scaling"))
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
             _positive_int(name, getattr(self, name))
         for name in ("num_kv_heads", "head_dim", "mlp_dim"):
@@ -112,7 +112,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model config") -> "ModelConfig":
-        return _build(cls, d, where)
+        return build_dataclass(cls, d, where)
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -121,7 +121,8 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _build(cls, d, where):
+def build_dataclass(cls, d, where):
+    """`cls(**d)` with a ConfigError that names `where`, the unknown keys and the valid ones."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping of fields, got {type(d).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minimal_lm.config import ConfigError, ModelConfig
+from minimal_lm.config import ConfigError, ModelConfig, build_dataclass
 
 DATA_KINDS = ("synthetic", "shards")
 
@@ -109,7 +109,7 @@ class RunConfig:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ConfigError(f"{where}: expected sections model, train, data; got {got}")
         parts = (ModelConfig.from_dict(d["model"], f"{where}: model"),
-                 _build(TrainConfig, d["train"], f"{where}: train"), _build(DataConfig, d["data"], f"{where}: data"))
+                 build_dataclass(TrainConfig, d["train"], f"{where}: train"), build_dataclass(DataConfig, d["data"], f"{where}: data"))
         try:
             return cls(*parts)
         except ConfigError as e:
@@ -196,7 +196,7 @@ def parse_value(text: str, hint, key: str):
         if hint is str:
             return text
         if dataclasses.is_dataclass(hint):
-            return _build(hint, json.loads(text), key)
+            return build_dataclass(hint, json.loads(text), key)
     except (ValueError, json.JSONDecodeError):
         raise ConfigError(f"{key}={text!r}: expected {_type_name(hint)}") from None
     raise ConfigError(f"{key}: fields of type {_type_name(hint)} cannot be set from the command line")
@@ -232,19 +232,6 @@ def _type_name(hint):
     if dataclasses.is_dataclass(hint):
         return f"a JSON object with keys {', '.join(f.name for f in dataclasses.fields(hint))}"
     return names.get(hint, str(hint))
-
-
-def _build(cls, d, where):
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping of fields, got {type(d).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
-    try:
-        return cls(**d)
-    except (TypeError, ConfigError) as e:
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def _check(key, value, ok, expected, kind=int):
