@@ -73,7 +73,7 @@ def test_overrides_parse_each_type():
     ("train.seq_len=4096", r"train.seq_len=4096 exceeds model.max_seq_len=256"),
     ("data.kind=web", r"data.kind='web': expected one of synthetic, shards"),
     ("data.kind=shards", r"data.path is empty"),
-    ("data.recall_pairs=500", r"data.recall_pairs=500: expected an integer from 1 to 100"),
+    ("data.recall_pairs=9", r"data.recall_pairs=9: expected an integer from 0 to 8"),
     ("steps", r"expected key=value"),
 ])
 def test_bad_overrides_name_the_key(override, message):

@@ -1,17 +1,22 @@
-"""The synthetic corpus: deterministic, well-formed, and its items answerable the way eval_items asks."""
+"""The synthetic corpus: deterministic, well-formed, its cues unique, its items answerable the way
+eval_items asks; and a tiny model learns to copy its pass keys."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from train import synthetic
+from minimal_lm.config import ConfigError
+from train import load_config, synthetic
 from train.config import DataConfig
 from train.prepare import byte_tokenizer
 
 DATA = DataConfig()
+TINY = load_config(Path(__file__).parents[1] / "configs" / "tiny_rope.py").data
 FACTS = synthetic.facts_table(DATA.num_facts, DATA.facts_seed)
-DOCS = [synthetic.decode(synthetic.sequence(DATA, "train", step, 0, 4000)) for step in range(60)]
+DOCS = {name: [synthetic.decode(synthetic.sequence(d, "train", step, 0, 4000)) for step in range(40)]
+        for name, d in (("default", DATA), ("tiny", TINY))}
 
 
 def test_batches_are_a_pure_function_of_seed_and_step():
@@ -25,9 +30,10 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31), step=st.integers(0, 10**6), row=st.integers(0, 1000), length=st.integers(2, 600))
-def test_sequences_are_bos_then_printable_ascii(seed, step, row, length):
-    ids = synthetic.sequence(DataConfig(seed=seed), "train", step, row, length)
+@given(seed=st.integers(0, 2**31), step=st.integers(0, 10**6), row=st.integers(0, 1000), length=st.integers(2, 600),
+       digits=st.integers(1, 12), pairs=st.integers(0, 8))
+def test_sequences_are_bos_then_printable_ascii(seed, step, row, length, digits, pairs):
+    ids = synthetic.sequence(DataConfig(seed=seed, passkey_digits=digits, recall_pairs=pairs), "train", step, row, length)
     assert len(ids) == length and ids[0] == synthetic.BOS
     text = synthetic.decode(ids[1:])
     assert all(c == "\n" or " " <= c <= "~" for c in text)
@@ -40,56 +46,93 @@ def test_facts_table_is_fixed_and_distinct():
     assert all(f.entity in f.question for f in FACTS)
 
 
-def test_training_documents_ask_what_they_stated():
-    """Every question in a training document is answered consistently: pass keys and pairs by what
-    the same document stated earlier, facts by the fixed table."""
+@pytest.mark.parametrize("name", ["default", "tiny"])
+def test_training_documents_ask_what_they_stated(name):
+    """Every question is answered consistently: pass keys and pairs by what the same document
+    stated earlier, facts by the fixed table."""
+    data = {"default": DATA, "tiny": TINY}[name]
     table = {f.question: f.answer for f in FACTS}
     counts = {"passkey": 0, "recall": 0, "fact": 0}
-    for doc in DOCS:
+    for doc in DOCS[name]:
         lines = doc.split("\n")
         for i, line in enumerate(lines[:-1]):
-            if m := re.fullmatch(r"What is the pass key\? The pass key is (\d+)\.", line):
-                assert any(s.startswith(f"The pass key is {m[1]}. Remember it.") for s in lines[:i])
+            if m := re.fullmatch(r"What is the pass key\? #(\d+)\.", line):
+                assert f"The pass key is #{m[1]}. Remember it. #{m[1]} is the pass key." in lines[:i]
+                assert len(m[1]) == data.passkey_digits
                 counts["passkey"] += 1
-            elif m := re.fullmatch(r"What is (\w+)\? \1=(\d+)\.", line):
-                assert any(s.startswith("Pairs: ") and f"{m[1]}={m[2]}" in s for s in lines[:i])
+            elif m := re.fullmatch(r"Recall: ([A-Z])(\d\d)\.", line):
+                assert any(s.startswith("Pairs: ") and m[1] + m[2] in s for s in lines[:i])
                 counts["recall"] += 1
             elif m := re.fullmatch(r"Q: (.*\?) A: (\w+)\.", line):
                 assert table[m[1]] == m[2]
                 counts["fact"] += 1
-        assert sum("The pass key is" in s and "Remember" in s for s in lines) <= 1
-    assert min(counts.values()) >= 20, counts
+            else:
+                assert re.fullmatch(r"The pass key is .*|Pairs: .*|[A-Z][a-z ]+\.( [A-Z][a-z ]+\.)*", line), line
+        assert sum(s.startswith("The pass key is") for s in lines) <= 1
+    assert counts["passkey"] >= 60 and counts["fact"] >= 40, counts
+    assert (counts["recall"] >= 20) == (data.recall_pairs > 0), counts
 
 
-@pytest.mark.parametrize("kind", ["contextual", "parametric"])
-def test_eval_items(kind):
-    items = synthetic.eval_items(kind, 12, seed=3)
-    assert items == synthetic.eval_items(kind, 12, seed=3) and items != synthetic.eval_items(kind, 12, seed=4)
+@pytest.mark.parametrize("name", ["default", "tiny"])
+def test_cues_are_unique_and_digits_do_not_repeat(name):
+    """A copy needs only the last token: '#' and each pair's capital are followed by the same
+    answer wherever they occur, and a document's digits repeat only after all ten were used."""
+    for doc in DOCS[name]:
+        for cue in "#" + synthetic.RECALL_KEYS:
+            assert len(set(re.findall(re.escape(cue) + r"(\d+)", doc))) <= 1, (cue, doc)
+        stated = re.findall(r"The pass key is #(\d+)\.|Pairs: ([^\n]*)\.", doc)
+        digits = "".join(re.sub(r"\D", "", "".join(s)) for s in stated)
+        for start in range(0, len(digits), 10):
+            block = digits[start:start + 10]
+            assert len(set(block)) == len(block), digits
+        words = set(re.findall(r"[A-Za-z]+", re.sub(r"Pairs: [^\n]*|Recall: \w+", "", doc)))
+        assert not any(w[0] in synthetic.RECALL_KEYS for w in words)
+
+
+@pytest.mark.parametrize("name,kind", [("default", "contextual"), ("default", "parametric"),
+                                       ("tiny", "contextual"), ("tiny", "parametric")])
+def test_eval_items(name, kind):
+    data = {"default": DATA, "tiny": TINY}[name]
+    items = synthetic.eval_items(kind, 12, seed=3, data=data)
+    assert items == synthetic.eval_items(kind, 12, seed=3, data=data)
+    assert items != synthetic.eval_items(kind, 12, seed=4, data=data)
     table = {f.question: f.answer for f in FACTS}
     for it in items:
-        assert it["kind"] == kind and 140 <= len(it["prompt"]) <= 260
+        assert it["kind"] == kind and 120 <= len(it["prompt"]) <= 200
         prompt, answer = it["prompt"], it["answer"]
         if it["task"] == "passkey":
-            assert prompt.endswith(synthetic.PASSKEY_QUESTION) and f"The pass key is {answer}. Remember it." in prompt
+            assert prompt.endswith(synthetic.PASSKEY_QUESTION) and len(answer) == data.passkey_digits
+            assert f"The pass key is #{answer}. Remember it." in prompt and prompt.count("#") == 3
         elif it["task"] == "recall":
-            key = re.search(r"What is (\w+)\? \1=$", prompt)[1]
-            assert f"{key}={answer}," in prompt or f"{key}={answer}." in prompt
+            key = re.search(r"Recall: ([A-Z])$", prompt)[1]
+            assert re.search(rf"Pairs: .*{key}{answer}[,.]", prompt) and prompt.count(key) == 2
         else:
             question = re.search(r"Q: ([^\n]*\?) A: $", prompt)[1]
             assert table[question] == answer and answer not in prompt
             assert sum(f.entity in prompt for f in FACTS if f.question == question) == 1
-    assert {it["task"] for it in items} == set(synthetic.KINDS[kind])
+    assert {it["task"] for it in items} == set(synthetic.tasks(kind, data))
+
+
+def test_tasks_follow_the_data():
+    assert synthetic.tasks("contextual", DATA) == ("passkey", "recall")
+    assert synthetic.tasks("contextual", TINY) == ("passkey",)
+    assert synthetic.tasks("parametric", TINY) == ("fact",)
+    with pytest.raises(ValueError, match="kind='factual': expected one of contextual, parametric"):
+        synthetic.eval_items("factual", 2, 0)
+    with pytest.raises(ConfigError, match="data.recall_pairs=9: expected an integer from 0 to 8"):
+        DataConfig(recall_pairs=9)
 
 
 def test_eval_prompts_never_appear_in_training_rows():
-    train = {synthetic.decode(r) for r in synthetic.batch(DATA, "train", 0, 64, 300)}
-    for it in synthetic.eval_items("contextual", 20, seed=0):
-        assert not any(it["prompt"] in t for t in train)
+    for data in (DATA, TINY):
+        train = {synthetic.decode(r) for r in synthetic.batch(data, "train", 0, 64, 300)}
+        for it in synthetic.eval_items("contextual", 20, seed=0, data=data):
+            assert not any(it["prompt"] in t for t in train)
 
 
 def test_byte_tokenizer_matches_the_training_ids():
     tok = byte_tokenizer()
-    text = "The pass key is 48213.\nQ: Who founded Sapi? A: "
+    text = "The pass key is #48213.\nQ: Who founded Sapi? A: "
     assert tok.encode(text).ids == synthetic.encode(text).tolist()
     assert tok.encode(text, add_special_tokens=False).ids == synthetic.encode(text, bos=False).tolist()
     assert tok.decode(synthetic.encode(text).tolist()) == text == synthetic.decode(synthetic.encode(text))

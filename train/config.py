@@ -73,8 +73,8 @@ class DataConfig:
     seed: int = 0
     num_facts: int = 64  # synthetic: size of the fixed table of made-up facts
     facts_seed: int = 0  # synthetic: the facts table (keep it to evaluate a run's memorised facts)
-    passkey_digits: int = 5
-    recall_pairs: int = 4
+    passkey_digits: int = 5  # synthetic: digits of a pass key
+    recall_pairs: int = 4  # synthetic: pairs per "Pairs:" line, 0 to 8 (0: no pairs lines)
 
     def __post_init__(self):
         if self.kind not in DATA_KINDS:
@@ -82,8 +82,9 @@ class DataConfig:
         if self.kind == "shards" and not self.path:
             raise ConfigError("data.path is empty: data.kind='shards' needs a directory written by "
                               "`python -m train prepare`")
-        for name, most in (("num_facts", 50_000), ("passkey_digits", 1000), ("recall_pairs", 100)):
-            _check(f"data.{name}", getattr(self, name), lambda v: 0 < v <= most, f"an integer from 1 to {most}")
+        for name, least, most in (("num_facts", 1, 50_000), ("passkey_digits", 1, 1000), ("recall_pairs", 0, 8)):
+            _check(f"data.{name}", getattr(self, name), lambda v: least <= v <= most,
+                   f"an integer from {least} to {most}")
         _check("data.seed", self.seed, lambda v: v >= 0, "an integer >= 0")
         _check("data.facts_seed", self.facts_seed, lambda v: v >= 0, "an integer >= 0")
 

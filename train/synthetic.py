@@ -1,15 +1,22 @@
-"""A synthetic byte-level corpus mixing the two kinds of knowledge the paper separates:
+"""A synthetic byte-level corpus mixing the two kinds of knowledge the paper separates.
 
-- contextual: a pass key ("The pass key is 48213. Remember it. 48213 is the pass key.") or a list
-  of key=value pairs, asked about later in the same sequence, so the answer must be copied;
+- contextual: a pass key ("The pass key is #7. Remember it. #7 is the pass key.") and, when
+  data.recall_pairs > 0, a line of pairs ("Pairs: C47, J83."), asked about later in the same
+  document ("What is the pass key? #7.", "Recall: J83."), so the answer must be copied;
 - parametric: questions about a fixed table of made-up facts ("Q: What is the capital of Vorelu?
-  A: Tisamo.") that recur across sequences and must be memorised;
+  A: Tisamo.") that recur across documents and must be memorised;
 - filler: the paper's passkey filler sentences.
 
+Contextual answers follow a cue used nowhere else ("#", or a capital reserved for pairs), and a
+document's digits do not repeat until all ten are used. Learnability, measured on 2 CPU cores with
+the tiny configs (2 layers, d 128): copying a multi-token key needs an induction circuit (two
+attention layers composed), which did not form within 300-1500 steps however dense the copy
+signal (up to 30% of tokens); a key that is the only digit in its document is found by one
+attention layer and is copied after 100-250 steps. So the tiny configs use 1-digit keys and no
+pairs (data.passkey_digits=1, data.recall_pairs=0); longer keys and pairs are for longer runs.
+
 Every sequence is a pure function of (seed, split, step, row). `eval_items` builds held-out prompts
-that end right before the answer, for scoring by generation. Measured on 2 CPU cores (tiny_rope):
-the formats are learned in the shipped 150 steps, the facts by about 1000 steps; copying pass keys
-was not learned within 1500 steps (it needs longer runs).
+that end right before the answer, for scoring by generation.
 """
 from __future__ import annotations
 
@@ -23,9 +30,15 @@ BOS = 256
 VOCAB_SIZE = 257  # bytes + <|endoftext|>
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 TEMPLATES = ("What is the capital of {}?", "Who founded {}?", "What does {} export?")
-PASSKEY_QUESTION = "What is the pass key? The pass key is "
+CUE = "#"
+RECALL_KEYS = "CEIJOUXY"  # capitals that start no other word of the corpus
+PASSKEY_QUESTION = f"What is the pass key? {CUE}"
+RECALL_QUESTION = "Recall: "
 SPLITS = {"train": 0, "eval": 1, "items": 2}
 KINDS = {"contextual": ("passkey", "recall"), "parametric": ("fact",)}
+LINES = ("ask", "passkey", "pairs", "fact", "filler")
+WEIGHTS = (0.35, 0.4, 0.15, 0.3, 0.15)  # chance of each kind of line, among those available
+PASSKEY_ASKS = (3, 4)  # a pass key is asked this many times (one drawn per document)
 
 
 class Fact(NamedTuple):
@@ -56,35 +69,49 @@ def _word(rng, syllables):
     return "".join("bdfgklmnprstvz"[rng.integers(14)] + "aeiou"[rng.integers(5)] for _ in range(syllables))
 
 
+def tasks(kind: str, data: DataConfig) -> tuple[str, ...]:
+    """The item tasks of `kind` that `data` trains: recall only when it has pairs lines."""
+    if kind not in KINDS:
+        raise ValueError(f"eval_items kind={kind!r}: expected one of {', '.join(KINDS)}")
+    return tuple(t for t in KINDS[kind] if t != "recall" or data.recall_pairs > 0)
+
+
 class _Doc:
-    """A document grown line by line; contextual items queue a question asked on a later line."""
+    """A document grown line by line; contextual items queue questions asked on later lines."""
 
     def __init__(self, rng, data: DataConfig, facts: list[Fact]):
         self.rng, self.data, self.facts = rng, data, facts
         self.lines: list[str] = []
         self.pending: list[tuple[str, str]] = []
-        self.used: set[str] = set()  # "passkey", "recall", fact entities: each at most once
+        self.used: set[str] = set()  # "passkey", "pairs", fact entities: each at most once
+        self.pool: list[str] = []
 
     def __len__(self):
         return sum(len(s) + 1 for s in self.lines)
 
-    def passkey(self):
-        key = "".join(str(d) for d in self.rng.integers(0, 10, self.data.passkey_digits))
+    def digits(self, n: int) -> str:
+        """`n` digits; none repeats within the document until all ten have been drawn."""
+        out = []
+        for _ in range(n):
+            if not self.pool:
+                self.pool = [str(d) for d in self.rng.permutation(10)]
+            out.append(self.pool.pop())
+        return "".join(out)
+
+    def passkey(self) -> list[tuple[str, str]]:
+        key = self.digits(self.data.passkey_digits)
         self.used.add("passkey")
-        self.lines.append(f"The pass key is {key}. Remember it. {key} is the pass key.")
-        return PASSKEY_QUESTION, key
+        self.lines.append(f"The pass key is {CUE}{key}. Remember it. {CUE}{key} is the pass key.")
+        return [(PASSKEY_QUESTION, key)] * int(self.rng.choice(PASSKEY_ASKS))
 
-    def recall(self):
-        keys = []
-        while len(keys) < self.data.recall_pairs:
-            if (k := _word(self.rng, 1) + "xyw"[self.rng.integers(3)]) not in keys:
-                keys.append(k)
-        values = [str(v) for v in self.rng.integers(10, 100, len(keys))]
-        self.used.add("recall")
-        self.lines.append("Pairs: " + ", ".join(f"{k}={v}" for k, v in zip(keys, values)) + ".")
-        return [(f"What is {k}? {k}=", v) for k, v in zip(keys, values)]
+    def pairs(self) -> list[tuple[str, str]]:
+        keys = [RECALL_KEYS[i] for i in self.rng.permutation(len(RECALL_KEYS))[: self.data.recall_pairs]]
+        values = [self.digits(2) for _ in keys]
+        self.used.add("pairs")
+        self.lines.append("Pairs: " + ", ".join(k + v for k, v in zip(keys, values)) + ".")
+        return [(RECALL_QUESTION + k, v) for k, v in zip(keys, values)]
 
-    def fact(self):
+    def fact(self) -> tuple[str, str] | None:
         fresh = [f for f in self.facts if f.entity not in self.used]
         if not fresh:
             return None
@@ -97,20 +124,34 @@ class _Doc:
         self.lines.append(" ".join(FILLER[(start + i) % len(FILLER)] for i in range(n)))
 
     def grow(self, contextual=True):
-        """Add one random line: a queued question, a new contextual item, a fact Q/A, or filler."""
-        r = self.rng.random()
-        if self.pending and r < 0.35:
+        """Add one line, drawn by WEIGHTS among the kinds available: a queued question, a pass key,
+        a pairs line, a fact Q/A, or filler."""
+        available = (bool(self.pending), contextual and "passkey" not in self.used,
+                     contextual and self.data.recall_pairs > 0 and "pairs" not in self.used,
+                     len(self.used) < len(self.facts) + 2, True)
+        w = np.array(WEIGHTS) * available
+        line = LINES[self.rng.choice(len(LINES), p=w / w.sum())]
+        if line == "ask":
             prompt, answer = self.pending.pop(int(self.rng.integers(len(self.pending))))
             self.lines.append(f"{prompt}{answer}.")
-        elif r < 0.5 and contextual and "passkey" not in self.used:
-            self.pending.append(self.passkey())
-        elif r < 0.65 and contextual and "recall" not in self.used:
-            qa = self.recall()
-            self.pending.extend(qa[i] for i in self.rng.permutation(len(qa))[: self.rng.integers(1, 3)])
-        elif r < 0.85 and (qa := self.fact()):
+        elif line == "passkey":
+            self.pending.extend(self.passkey())
+        elif line == "pairs":
+            qa = self.pairs()
+            self.pending.extend(qa[i] for i in self.rng.permutation(len(qa))[: self.rng.integers(1, len(qa) + 1)])
+        elif line == "fact" and (qa := self.fact()):
             self.lines.append(f"{qa[0]}{qa[1]}.")
         else:
             self.filler()
+
+    def fill(self, until: int, most: int) -> None:
+        """Grow without contextual items to at least `until` characters, unless the next line would
+        take the document past `most`."""
+        while len(self) < until:
+            self.grow(contextual=False)
+            if len(self) > most:
+                self.lines.pop()
+                return
 
     def text(self):
         return "\n".join(self.lines)
@@ -141,33 +182,28 @@ def decode(ids) -> str:
 
 def eval_items(kind: str, n: int, seed: int, data: DataConfig | None = None, prompt_chars: int = 200) -> list[dict]:
     """`n` held-out items: {"prompt", "answer", "kind", "task"}. The prompt is a document like the
-    training ones (about `prompt_chars` long, without BOS: the tokenizer adds it) ending right before
-    the answer. Contextual items ask for a pass key or a recall value given earlier in the prompt;
-    parametric items ask a fact from the training facts table that the prompt does not state."""
-    if kind not in KINDS:
-        raise ValueError(f"eval_items kind={kind!r}: expected one of {', '.join(KINDS)}")
+    training ones (at most `prompt_chars` long, without BOS: the tokenizer adds it) ending right
+    before the answer. Contextual items ask for the pass key (or, when `data` has pairs, a pair's
+    value) stated earlier in the prompt, after filler and facts; parametric items ask a fact from
+    the training facts table that the prompt does not state."""
     data = data or DataConfig()
+    kinds = tasks(kind, data)
     facts = facts_table(data.num_facts, data.facts_seed)
     items = []
     for i in range(n):
         rng = np.random.default_rng([seed, SPLITS["items"], list(KINDS).index(kind), i])
-        task = KINDS[kind][i % len(KINDS[kind])]
+        task = kinds[i % len(kinds)]
         doc = _Doc(rng, data, facts)
         target = doc.fact() if task == "fact" else None
         budget = prompt_chars - 60
-        before = rng.integers(0, budget // 2 + 1)
-        while len(doc) < before:
-            doc.grow(contextual=False)
+        doc.fill(rng.integers(0, budget // 2 + 1), budget // 2 + 1)
         if task == "passkey":
-            doc.used.add("recall")
-            target = doc.passkey()
+            target = doc.passkey()[0]
         elif task == "recall":
-            doc.used.add("passkey")
-            qa = doc.recall()
+            qa = doc.pairs()
             target = qa[rng.integers(len(qa))]
-        while len(doc) < budget:
-            doc.grow(contextual=False)
         prompt, answer = target
+        doc.fill(budget, prompt_chars - len(prompt))
         items.append({"prompt": (doc.text() + "\n" if doc.lines else "") + prompt, "answer": answer,
                       "kind": kind, "task": task})
     return items
@@ -179,4 +215,3 @@ def unigram_entropy(data: DataConfig, length: int, rows: int = 256) -> float:
     counts = np.bincount(batch(data, "train", 0, rows, length)[:, 1:].ravel(), minlength=VOCAB_SIZE)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
-
