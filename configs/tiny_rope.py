@@ -3,7 +3,8 @@ tokens, 1-2 minutes on 2 CPU cores. tiny_nope, tiny_learned and tiny_alibi chang
 
 The corpus is set to what such a model learns in that time: 1-digit pass keys and no pairs lines
 (two-layer induction, needed to copy longer keys, does not form this early; see train/synthetic.py).
-init_std 0.06 and lr 5e-3 (rather than 0.02 and 3e-3) bring the copying forward by about 100 steps."""
+With init_std 0.06 and lr 5e-3 it answers 60/60 held-out pass keys and 60/60 facts; with 0.02 and
+3e-3, 9/60 and 32/60 (measured at 250 steps)."""
 from minimal_lm import ModelConfig
 from train import DataConfig, RunConfig, TrainConfig
 

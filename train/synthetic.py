@@ -8,12 +8,13 @@
 - filler: the paper's passkey filler sentences.
 
 Contextual answers follow a cue used nowhere else ("#", or a capital reserved for pairs), and a
-document's digits do not repeat until all ten are used. Learnability, measured on 2 CPU cores with
-the tiny configs (2 layers, d 128): copying a multi-token key needs an induction circuit (two
-attention layers composed), which did not form within 300-1500 steps however dense the copy
-signal (up to 30% of tokens); a key that is the only digit in its document is found by one
-attention layer and is copied after 100-250 steps. So the tiny configs use 1-digit keys and no
-pairs (data.passkey_digits=1, data.recall_pairs=0); longer keys and pairs are for longer runs.
+document's digits do not repeat until all ten are used, so one-token induction can copy them.
+Measured with tiny_rope (2 layers, d 128, 8 x 256 tokens a step, 2 CPU cores): copying a key of
+several tokens needs two composed attention layers (an induction circuit), which did not form in
+300 steps even with 30% of the tokens copyable (nor in 1500 steps of the earlier corpus); a key
+that is the only digit of its document is found by one attention layer and was copied after
+100-200 steps (3 seeds). So the tiny configs use 1-digit keys and no pairs (data.passkey_digits=1,
+data.recall_pairs=0); longer keys and pairs are there for longer runs.
 
 Every sequence is a pure function of (seed, split, step, row). `eval_items` builds held-out prompts
 that end right before the answer, for scoring by generation.
