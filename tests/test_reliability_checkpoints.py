@@ -7,27 +7,15 @@ import shutil
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from minimal_lm import CheckpointError
 from minimal_lm.run_dir import checkpoint_steps, load_run
-from train import load_config, read_metrics, run
+from train import read_metrics, run
 from train.checkpoint import CORRUPT, CheckpointWarning, RunDirConflict, open_run_dir, resume
 from train.step import init_state
 
-CONFIGS = Path(__file__).parents[1] / "configs"
-TINY = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.max_seq_len=64",
-        "train.seq_len=48", "train.batch_size=8", "train.steps=40", "train.warmup_steps=4", "train.lr=1e-2",
-        "train.eval_every=20", "train.checkpoint_every=10", "train.eval_batches=2", "train.progress=false"]
-
-
-def tiny(*extra):
-    return load_config(CONFIGS / "tiny_rope.py", TINY + list(extra))
-
-
-def same_params(a, b):
-    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
+from train_testlib import same_params, tiny
 
 
 def biggest_file(step_dir: Path, item: str) -> Path:
