@@ -264,15 +264,11 @@ def disruption_runs(study: StudyConfig, out: Path) -> list[dict]:
         budget = min(128, study.base.model.max_seq_len - study.disrupt_max_new_tokens)
         return [{**common, "task": "passkey", "max_tokens": budget, "digits": 6},
                 {**common, "task": "facts", "max_new_tokens": min(4, study.disrupt_max_new_tokens)}]
-    from train.synthetic import eval_items
+    from train.synthetic import write_items
 
     path = out / "items.jsonl"
     if not path.is_file():
-        items = [it for kind in ("contextual", "parametric")
-                 for it in eval_items(kind, study.disrupt_n, study.seed, study.base.data)]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(it) + "\n" for it in items))
-        tmp.replace(path)
+        write_items(path, study.disrupt_n, study.seed, study.base.data)
     return [{**common, "task": "jsonl", "task_file": str(path), "label": "synthetic", "n": 2 * study.disrupt_n}]
 
 

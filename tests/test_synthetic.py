@@ -1,5 +1,6 @@
 """The synthetic corpus: deterministic, well-formed, its cues unique, its items answerable the way
-eval_items asks; and a tiny model learns to copy its pass keys."""
+eval_items asks; a tiny model learns to copy its pass keys and recall its facts, and disrupting its
+largest q/k dims tells the two apart."""
 import re
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from train import load_config, synthetic
 from train.config import DataConfig
 from train.prepare import byte_tokenizer
 
+CONFIGS = Path(__file__).parents[1] / "configs"
 DATA = DataConfig()
-TINY = load_config(Path(__file__).parents[1] / "configs" / "tiny_rope.py").data
+TINY = load_config(CONFIGS / "tiny_rope.py").data
 FACTS = synthetic.facts_table(DATA.num_facts, DATA.facts_seed)
 DOCS = {name: [synthetic.decode(synthetic.sequence(d, "train", step, 0, 4000)) for step in range(40)]
         for name, d in (("default", DATA), ("tiny", TINY))}
@@ -147,19 +149,48 @@ def test_unigram_entropy():
     assert abs(-(p * np.log(p)).sum() - h) < 0.1
 
 
+def test_items_cli_writes_both_kinds_for_the_disrupt_task_file(tmp_path, capsys):
+    from probes import tasks
+    from train.__main__ import main
+
+    out = tmp_path / "items.jsonl"
+    assert main(["items", "--config", str(CONFIGS / "tiny_rope.py"), "--n", "4", "--seed", "2", "--out", str(out)]) == 0
+    assert "8 items (4 contextual, 4 parametric)" in capsys.readouterr().out
+    expected = [it for kind in ("contextual", "parametric") for it in synthetic.eval_items(kind, 4, 2, TINY)]
+    task = tasks.build("jsonl", task_file=out)
+    assert [{k: it[k] for k in ("prompt", "answer", "kind")} for it in task.items] == \
+        [{k: it[k] for k in ("prompt", "answer", "kind")} for it in expected]
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(SystemExit) as e:
+        main(["items", "--config", str(CONFIGS / "gpt2_124m.py"), "--out", str(tmp_path / "x.jsonl")])
+    assert e.value.code == 2 and "data.kind='shards'; items exist only for data.kind='synthetic'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["items", "--config", str(CONFIGS / "tiny_rope.py"), "--n", "0", "--out", str(tmp_path / "x.jsonl")])
+    assert e.value.code == 2 and "--n=0: expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_rope_run(tmp_path_factory):
+    """configs/tiny_rope.py trained as shipped (about a minute): (run config, run directory)."""
+    from train import run
+
+    cfg = load_config(CONFIGS / "tiny_rope.py", ["train.progress=false"])
+    out = tmp_path_factory.mktemp("tiny_rope")
+    result = run(cfg, out)
+    assert result["eval_loss"] < 0.5 * synthetic.unigram_entropy(cfg.data, cfg.train.seq_len + 1)
+    return cfg, out
+
+
 @pytest.mark.slow
-def test_tiny_rope_learns_to_copy_and_to_recall_facts(tmp_path):
-    """tiny_rope as shipped (about a minute): greedy answers to held-out pass keys and facts are
-    right at least 80% of the time, against chance (about 10% and 0%) at initialisation."""
+def test_tiny_rope_learns_to_copy_and_to_recall_facts(tiny_rope_run):
+    """Greedy answers to held-out pass keys and facts are right at least 80% of the time, against
+    chance (about 10% and 0%) at initialisation."""
     import jax
 
     from minimal_lm import generate, init_params
     from minimal_lm.run_dir import load_run
-    from train import run
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny_rope.py", ["train.progress=false"])
-    result = run(cfg, tmp_path)
-    assert result["eval_loss"] < 0.5 * synthetic.unigram_entropy(cfg.data, cfg.train.seq_len + 1)
+    cfg, out = tiny_rope_run
 
     def accuracy(params, kind):
         items = synthetic.eval_items(kind, 30, seed=11, data=cfg.data)
@@ -167,5 +198,28 @@ def test_tiny_rope_learns_to_copy_and_to_recall_facts(tmp_path):
         return np.mean([synthetic.decode(o).startswith(it["answer"]) for it, o in zip(items, outs)])
 
     assert accuracy(init_params(cfg.model, jax.random.key(0)), "contextual") <= 0.3
-    params = load_run(tmp_path)[1]
+    params = load_run(out)[1]
     assert accuracy(params, "contextual") >= 0.8 and accuracy(params, "parametric") >= 0.8
+
+
+@pytest.mark.slow
+def test_disrupting_the_top_dims_of_tiny_rope_hurts_facts_not_pass_keys(tiny_rope_run):
+    """The README's synthetic Table 1: mean-replacing the 3 largest-norm q/k dims per head in the prompt
+    costs the memorised facts most of their accuracy and leaves the 1-digit pass keys; the 3 smallest
+    change neither."""
+    from minimal_lm import from_pretrained
+    from probes.experiment import evaluate
+
+    cfg, out = tiny_rope_run
+    items = out / "items.jsonl"
+    synthetic.write_items(items, 30, 0, cfg.data)
+    model_cfg, params, tokenizer = from_pretrained(out)
+    record, _ = evaluate(params, model_cfg, tokenizer, {
+        "task": "jsonl", "task_file": str(items), "n": 60, "top_k": 3, "max_new_tokens": 8, "batch_size": 30,
+        "perplexity": False}, progress=False)
+    acc = {mode: {kind: r["accuracy"] for kind, r in res["by_kind"].items()} for mode, res in record["results"].items()}
+    assert acc["none"]["contextual"] >= 0.8 and acc["none"]["parametric"] >= 0.8
+    assert acc["massive"]["contextual"] >= acc["none"]["contextual"] - 0.1
+    assert acc["massive"]["parametric"] <= acc["none"]["parametric"] - 0.4
+    for kind in ("contextual", "parametric"):
+        assert abs(acc["non_massive"][kind] - acc["none"][kind]) <= 0.1

@@ -1,5 +1,7 @@
 """`python -m train --config configs/NAME.py --out RUN_DIR [key=value ...]` trains (or resumes);
-`python -m train prepare --out DATA_DIR FILE ...` writes token shards. Bad input (config, overrides, paths,
+`python -m train prepare --out DATA_DIR FILE ...` writes token shards; `python -m train items --config
+configs/NAME.py --out ITEMS.jsonl` writes held-out synthetic items for `python -m probes disrupt --task jsonl`.
+Bad input (config, overrides, paths,
 data, a run directory of another config) exits with code 2; a non-finite loss or unusable checkpoints with 1."""
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["prepare"]:
         return _prepare(argv[1:])
+    if argv[:1] == ["items"]:
+        return _items(argv[1:])
     p = argparse.ArgumentParser(prog="python -m train", description="Train (or resume) a run.")
     p.add_argument("--config", required=True, help="a Python file exposing CONFIG = RunConfig(...)")
     p.add_argument("--out", required=True, help="run directory (created, or resumed if it holds this run)")
@@ -62,6 +66,38 @@ def _prepare(argv: list[str]) -> int:
         p.exit(2, f"python -m train prepare: {e}\n")
     counts = {s: sum(n for _, n in files) for s, files in meta["splits"].items()}
     print(f"wrote {args.out}: vocab {meta['vocab_size']}, tokens {counts}")
+    return 0
+
+
+def _items(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m train items",
+        description="Write held-out items of a synthetic-corpus run (contextual: pass keys or pairs stated in "
+                    "the prompt; parametric: facts of the training table) as JSONL, one {prompt, answer, kind} "
+                    "per line, for `python -m probes disrupt --task jsonl --task-file FILE`.")
+    p.add_argument("--config", required=True, help="the run's config file (its data settings make the items)")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--n", type=int, default=50, help="items of each kind")
+    p.add_argument("--seed", type=int, default=0, help="item seed (items never appear in training)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="the run's overrides, e.g. data.passkey_digits=3")
+    args = p.parse_args(argv)
+    from train.config import load_config
+    from train.synthetic import write_items
+
+    if args.n < 1:
+        p.exit(2, f"python -m train items: --n={args.n}: expected a positive integer\n")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        p.exit(2, f"python -m train items: config error: {e}\n")
+    if cfg.data.kind != "synthetic":
+        p.exit(2, f"python -m train items: {args.config}: data.kind={cfg.data.kind!r}; items exist only for "
+                  f"data.kind='synthetic'\n")
+    try:
+        items = write_items(args.out, args.n, args.seed, cfg.data)
+    except OSError as e:
+        p.exit(2, f"python -m train items: cannot write {args.out}: {e}\n")
+    print(f"wrote {args.out}: {len(items)} items ({args.n} contextual, {args.n} parametric)")
     return 0
 
 

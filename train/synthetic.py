@@ -21,6 +21,8 @@ that end right before the answer, for scoring by generation.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -207,6 +209,17 @@ def eval_items(kind: str, n: int, seed: int, data: DataConfig | None = None, pro
         doc.fill(budget, prompt_chars - len(prompt))
         items.append({"prompt": (doc.text() + "\n" if doc.lines else "") + prompt, "answer": answer,
                       "kind": kind, "task": task})
+    return items
+
+
+def write_items(path, n: int, seed: int, data: DataConfig | None = None) -> list[dict]:
+    """`n` contextual then `n` parametric held-out items (eval_items) as JSONL at `path`, written
+    atomically: the task file of `python -m probes disrupt --task jsonl`, whose rows keep their kind."""
+    items = [it for kind in KINDS for it in eval_items(kind, n, seed, data)]
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
+    tmp.replace(path)
     return items
 
 
