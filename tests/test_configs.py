@@ -36,6 +36,16 @@ def test_config_loads_and_builds(path):
         assert 120e6 < n < 130e6
 
 
+def test_shipped_disrupt_configs_load():
+    from probes.experiment import check_run, load_config as load_disrupt_config
+
+    paths = sorted(CONFIGS[0].parent.glob("*.json"))
+    assert "disrupt_synthetic" in {p.stem for p in paths}
+    for path in paths:
+        _, runs = load_disrupt_config(path)
+        assert all(check_run(r)["task"] for r in runs)
+
+
 def test_tiny_configs_differ_only_in_position():
     base = load_config(CONFIGS[0].with_name("tiny_rope.py")).to_dict()
     for name in ("tiny_nope", "tiny_learned", "tiny_alibi"):
