@@ -18,6 +18,21 @@ CHECKPOINTS = "checkpoints"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
 
 
+def read_log(path) -> list[dict]:
+    """JSON lines of a run's append-only log (metrics.jsonl, disruption.jsonl); a cut-off last line (a
+    killed run) is skipped, damage elsewhere raises naming the line; a missing file reads as empty."""
+    path = Path(path)
+    lines = [s for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
+    out = []
+    for i, s in enumerate(lines):
+        try:
+            out.append(json.loads(s))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}, line {i + 1}: not valid JSON: {s[:80]!r}") from None
+    return out
+
+
 def is_run_dir(path) -> bool:
     """True for a directory holding config.json with a "model" section and a checkpoints/ folder."""
     path = Path(path)

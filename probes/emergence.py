@@ -6,7 +6,6 @@ even at init, so a value means "emerged" only against the same metric at step 0 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from minimal_lm.run_dir import read_log  # noqa: E402
 
 DISRUPTION_LOG = "disruption.jsonl"
 LABELS = {"rope": "RoPE", "none": "NoPE", "alibi": "ALiBi", "learned": "learned"}
@@ -34,23 +35,9 @@ def sites_for(rotated: bool) -> tuple[str, ...]:
     return ("q", "k", "v", "q_pre", "k_pre") if rotated else ("q", "k", "v")
 
 
-def read_jsonl(path) -> list[dict]:
-    """JSON lines of `path`; a cut-off last line (a killed run) is skipped, damage elsewhere raises."""
-    path = Path(path)
-    lines = [s for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
-    out = []
-    for i, s in enumerate(lines):
-        try:
-            out.append(json.loads(s))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path}, line {i + 1}: not valid JSON: {s[:80]!r}") from None
-    return out
-
-
 def read_disruption_log(run_dir) -> list[dict]:
     """Lines of run_dir/disruption.jsonl, one per step (the last written wins), by step."""
-    return sorted({x["step"]: x for x in read_jsonl(Path(run_dir) / DISRUPTION_LOG)}.values(), key=lambda x: x["step"])
+    return sorted({x["step"]: x for x in read_log(Path(run_dir) / DISRUPTION_LOG)}.values(), key=lambda x: x["step"])
 
 
 def accuracy_by_kind(result: dict) -> dict:

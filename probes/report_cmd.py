@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from minimal_lm import ModelConfig
+from minimal_lm.run_dir import read_log
 from probes import emergence as em
 from probes.html import Figure, Section, Table, write_index
 from probes.massive import frequency_map
@@ -79,7 +80,7 @@ def _load(run_dir: Path, st: dict) -> dict | None:
     if not (run_dir / "config.json").is_file():
         return None
     records = read_records(run_dir)
-    metrics = em.read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_log(run_dir / "metrics.jsonl")
     if not records and not metrics:
         return None
     config = _read_json(run_dir / "config.json")

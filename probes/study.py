@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 from minimal_lm import SCHEMES, ConfigError, Tokenizer, from_pretrained, init_params
-from minimal_lm.run_dir import checkpoint_steps, load_run
+from minimal_lm.run_dir import checkpoint_steps, load_run, read_log
 from probes.disrupt import SELECT
-from probes.emergence import DISRUPTION_LOG, accuracy_by_kind, read_disruption_log, read_jsonl
+from probes.emergence import DISRUPTION_LOG, accuracy_by_kind, read_disruption_log
 from probes.experiment import evaluate, modes_for
 from probes.records import TrainingProbe, drop_after, record_dir
 from train.config import RunConfig, apply_overrides, config_diff, parse_value
@@ -342,7 +342,7 @@ def _log(run_dir: Path, step: int, tokens_seen: int, acc: dict) -> None:
 
 def _truncate_log(run_dir: Path, step: int) -> None:
     path = run_dir / DISRUPTION_LOG
-    lines = read_jsonl(path)
+    lines = read_log(path)
     keep = [x for x in read_disruption_log(run_dir) if x["step"] <= step]
     if len(keep) != len(lines):
         path.write_text("".join(json.dumps(x) + "\n" for x in keep))

@@ -3,7 +3,6 @@ safetensors headers. The loaders either load or raise our own error (ConfigError
 naming the file; never an exception from deep inside json, numpy or JAX, never a hang."""
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal

@@ -16,7 +16,8 @@ from minimal_lm import ConfigError, count_params
 from minimal_lm.run_dir import load_run
 from probes import emergence as em
 from probes.__main__ import main
-from probes.emergence import read_disruption_log, read_jsonl
+from minimal_lm.run_dir import read_log
+from probes.emergence import read_disruption_log
 from probes.records import TrainingProbe, read_records, record_dir
 from probes.study import load_study, run_study
 from train.step import init_state
@@ -81,7 +82,7 @@ def test_study_writes_every_file(study_dir):
         assert all((final / f).is_file() for f in ("results.json", "examples.jsonl", "index.html", "accuracy.png"))
         assert [r.step for r in read_records(run)] == [0, 2, 4, 6, 8]
         assert [x["step"] for x in read_disruption_log(run)] == [0, 4, 8]
-        assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == list(range(1, 9))
+        assert [m["step"] for m in read_log(run / "metrics.jsonl")] == list(range(1, 9))
         assert set(json.loads((final / "results.json").read_text())["results"]) == {"none", "massive"}
     for text in ("RoPE: emergence", "NoPE: emergence", "Last eval loss: RoPE", "What it cannot show",
                  "low-frequency share", "Disruption accuracy"):
@@ -94,7 +95,7 @@ def test_resume_replaced_the_stale_files_of_the_killed_run(study_dir):
     rec6 = {r.step: r for r in read_records(rope)}[6]
     assert rec6.tokens_seen == 6 * 4 * 32
     assert read_disruption_log(rope)[-1]["n"] == {"contextual": 2, "parametric": 2}
-    assert len(read_jsonl(rope / "disruption.jsonl")) == 3, "the stale line was dropped, not shadowed"
+    assert len(read_log(rope / "disruption.jsonl")) == 3, "the stale line was dropped, not shadowed"
     assert (rope / "disruption" / "step_00000004" / "index.html").is_file(), "the interrupted run's experiment"
 
 

@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from minimal_lm.run_dir import checkpoint_steps, is_run_dir, load_run
-from train import NonFiniteLoss, apply_overrides, read_metrics, run
+from train import NonFiniteLoss, read_metrics, run
 from train.__main__ import main
 from train.checkpoint import RunDirConflict
 from train.prepare import prepare

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minimal_lm.config import ConfigError
+from minimal_lm.run_dir import read_log
 from minimal_lm.safetensors_io import CheckpointError
 from minimal_lm.sharding import batch_sharding
 from train import checkpoint
@@ -162,16 +163,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def read_metrics(out: str | Path) -> list[dict]:
     """The lines of out/metrics.jsonl; a cut-off last line (from a killed run) is skipped."""
-    path = Path(out) / "metrics.jsonl"
-    lines = [s for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
-    out_lines = []
-    for i, s in enumerate(lines):
-        try:
-            out_lines.append(json.loads(s))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path}, line {i + 1}: not valid JSON: {s[:80]!r}") from None
-    return out_lines
+    return read_log(Path(out) / "metrics.jsonl")
 
 
 def summary(out: str | Path) -> dict:
