@@ -283,6 +283,8 @@ def train_scheme(study: StudyConfig, cfg: RunConfig, run_dir: Path, batch, runs:
     tc = cfg.train
     stop, per_step = min(tc.stop_after or tc.steps, tc.steps), tc.batch_size * tc.seq_len
     done = _last_checkpoint(run_dir)
+    if done >= stop:  # training would not run to vet it: a damaged last checkpoint is set aside here
+        done = _newest_restorable(run_dir, cfg)
     drop_after(run_dir, done)
     _truncate_log(run_dir, done)
     probe = TrainingProbe(cfg.model, *batch, lam=study.lam, k=study.top_k)
@@ -330,6 +332,15 @@ def train_scheme(study: StudyConfig, cfg: RunConfig, run_dir: Path, batch, runs:
 def _last_checkpoint(run_dir: Path) -> int:
     steps = checkpoint_steps(run_dir) if (run_dir / "checkpoints").is_dir() else []
     return steps[-1] if steps else 0
+
+
+def _newest_restorable(run_dir: Path, cfg: RunConfig) -> int:
+    """Step of the newest checkpoint that restores and matches its checksums; newer damaged ones are moved
+    to corrupt_checkpoints/ with a warning (train.checkpoint.resume), so the run is retrained from there."""
+    from train.checkpoint import resume
+    from train.step import init_state
+
+    return resume(run_dir, jax.eval_shape(lambda: init_state(cfg.model, cfg.train)))[0]
 
 
 def _log(run_dir: Path, step: int, tokens_seen: int, acc: dict) -> None:

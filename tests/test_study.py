@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from minimal_lm import ConfigError, count_params
-from minimal_lm.run_dir import load_run
+from minimal_lm.run_dir import load_run, read_log
 from probes import emergence as em
 from probes.__main__ import main
-from minimal_lm.run_dir import read_log
 from probes.emergence import read_disruption_log
 from probes.records import TrainingProbe, read_records, record_dir
 from probes.study import load_study, run_study
@@ -133,6 +132,30 @@ def test_rerun_skips_finished_work(study_dir):
     run_study(micro(), study_dir, progress=False, report=False)
     changed = sorted(str(p.relative_to(study_dir)) for p, t in before.items() if p.stat().st_mtime_ns != t)
     assert changed == ["none/timing.json", "rope/timing.json", "study.json"]
+
+
+def test_a_damaged_last_checkpoint_is_set_aside_and_retrained(study_dir, tmp_path):
+    """A finished scheme whose final checkpoint was truncated: the rerun warns, moves it to
+    corrupt_checkpoints/, retrains from the previous one to the same params and redoes the measurements."""
+    from train.checkpoint import CORRUPT, CheckpointWarning
+
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    rope = copy / "rope"
+    last = max(int(p.name) for p in (rope / "checkpoints").iterdir() if p.name.isdigit())
+    want = load_run(rope, step=last)[1]
+    f = max((f for f in (rope / "checkpoints" / str(last) / "params").rglob("*") if f.is_file()),
+            key=lambda f: f.stat().st_size)
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.warns(CheckpointWarning, match=f"checkpoints/{last} is damaged"):
+        run_study(micro(), copy, progress=False, report=False)
+    assert (rope / CORRUPT / str(last)).is_dir()
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(load_run(rope, step=last)[1]),
+                                                     jax.tree.leaves(want)))
+    steps = [x["step"] for x in read_log(rope / "disruption.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == last
+    assert (rope / "disruption" / f"step_{last:08d}" / "index.html").is_file()
+    assert (record_dir(rope) / f"step_{last:08d}.npz").is_file()
 
 
 def test_report_survives_a_missing_scheme_and_needs_no_checkpoints(study_dir, tmp_path, capsys):
