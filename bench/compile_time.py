@@ -30,7 +30,7 @@ def compile_seconds(cfg, s: dict) -> dict:
     state = jax.eval_shape(init)
     tokens = jax.ShapeDtypeStruct((s["batch"], s["seq"] + 1), jnp.int32)
     t0 = time.perf_counter()
-    lowered = fn.lower(*state, tokens, jax.ShapeDtypeStruct((), jnp.int32))
+    lowered = fn.lower(state, tokens, jax.ShapeDtypeStruct((), jnp.int32))
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()

@@ -51,13 +51,13 @@ def ours_variant(s: dict, full: bool, variant: str) -> dict:
                       dtype="bfloat16" if full else "float32", param_dtype="float32", remat=remat,
                       scan_layers=layers == "scan", attention_impl="cudnn" if gpu and full else None)
     tokens_BT = jax.random.randint(jax.random.key(1), (s["batch"], s["seq"] + 1), 0, s["vocab"])
-    fn, init, unpack, source = train_fns(cfg)
+    fn, init, loss_of, source = train_fns(cfg)
     state, count = [jax.jit(init)()], [0]
 
     def one():
         count[0] += 1
-        state[0], loss = unpack(fn(*state[0], tokens_BT, count[0]))
-        return loss
+        state[0], metrics = fn(state[0], tokens_BT, count[0])
+        return loss_of(metrics)
 
     n_params = count_params(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
     t = summary(timed(one, jax_sync, **schedule(full)))
@@ -65,71 +65,22 @@ def ours_variant(s: dict, full: bool, variant: str) -> dict:
 
 
 def train_fns(cfg):
-    """(jitted step, init() -> state args, unpack(out) -> (state args, loss), source): train.step's
-    step when it is there, else a local one with the same optimizer. Called as
-    fn(*state, tokens_BT1, step_number)."""
-    import inspect
-
+    """(jitted step(state, tokens_BT1, step) -> (state, metrics), init() -> state, loss(metrics), source):
+    train.step's donated step, AdamW set like the peer's."""
     import jax
 
     from minimal_lm import init_params
+    from train.config import TrainConfig
+    from train.step import TrainState, optimizer, steps
 
-    try:
-        from train.config import TrainConfig
-        from train.step import TrainState, optimizer, steps
+    tc = TrainConfig(lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, progress=False)
+    fn, opt = steps(cfg, tc)[0], optimizer(tc)
 
-        tc = TrainConfig(lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, progress=False)
-        fn, opt = steps(cfg, tc)[0], optimizer(tc)
-        takes_step = len(inspect.signature(fn).parameters) >= 3
+    def init():
+        params = init_params(cfg, jax.random.key(0))
+        return TrainState(params, opt.init(params))
 
-        def init():
-            params = init_params(cfg, jax.random.key(0))
-            return (TrainState(params, opt.init(params)),)
-
-        def call(state, tokens_BT1, step):
-            return fn(state, tokens_BT1, step) if takes_step else fn(state, tokens_BT1)
-
-        call.lower = lambda state, tokens_BT1, step: (fn.lower(state, tokens_BT1, step) if takes_step
-                                                      else fn.lower(state, tokens_BT1))
-        return call, init, lambda out: ((out[0],), out[1]["loss"]), "train.step"
-    except ImportError as e:
-        opt, fn = _optimizer(), local_step(cfg)
-
-        def init():
-            params = init_params(cfg, jax.random.key(0))
-            return params, opt.init(params)
-
-        return fn, init, lambda out: (out[:2], out[2]), f"a local step ({e})"
-
-
-def _optimizer():
-    import optax
-
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1))
-
-
-def local_step(cfg):
-    """A jitted AdamW step with donated buffers, used when train.step is not there."""
-    import functools
-
-    import jax
-    import optax
-
-    from minimal_lm import forward
-
-    opt = _optimizer()
-
-    def loss_fn(params, tokens_BT):
-        logits_BTV = forward(params, tokens_BT[:, :-1], cfg).logits
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT[:, 1:]).mean()
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, tokens_BT, step_number):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BT)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+    return fn, init, lambda metrics: metrics["loss"], "train.step"
 
 
 def peer(s: dict, full: bool) -> dict:
