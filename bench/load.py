@@ -98,10 +98,7 @@ def drop_page_cache(path: str):
 def ours(path: str) -> dict:
     import jax
 
-    try:
-        from minimal_lm import from_pretrained
-    except ImportError:
-        from minimal_lm.hf import from_pretrained
+    from minimal_lm import from_pretrained
     jax.block_until_ready(jax.numpy.zeros(1))
     base = peak_rss_bytes()
     t0 = time.perf_counter()
