@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,7 @@ def _parser():
     e.add_argument("--model", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--dtype", help="dtype of the exported weights (default: the model's)")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out directory")
     e.set_defaults(run=_export)
     return p
 
@@ -95,13 +97,29 @@ def _logits(args):
     if len(ids) > cfg.max_seq_len:
         raise ValueError(f"{args.text_file}: {len(ids)} tokens exceed max_seq_len={cfg.max_seq_len}")
     logits = jax.jit(forward, static_argnames="cfg")(params, jnp.asarray([ids]), cfg=cfg).logits[0]
-    np.save(args.out, np.asarray(logits, np.float32))
-    if args.ids_out:
-        np.save(args.ids_out, np.asarray(ids, np.int32))
-    print(f"{args.out}: logits of {len(ids)} tokens x {cfg.vocab_size}", file=sys.stderr)
+    out = _npy_path(args.out, "--out")
+    ids_out = _npy_path(args.ids_out, "--ids-out") if args.ids_out else None
+    np.save(out, np.asarray(logits, np.float32))
+    if ids_out:
+        np.save(ids_out, np.asarray(ids, np.int32))
+    print(f"{out}: logits of {len(ids)} tokens x {cfg.vocab_size}", file=sys.stderr)
+
+
+def _npy_path(path: str, flag: str) -> Path:
+    """The file np.save writes for `path` (it adds .npy); a directory there is refused."""
+    out = Path(path if path.endswith(".npy") else path + ".npy")
+    if out.is_dir():
+        raise ValueError(f"{flag} {out} is a directory, expected a .npy file")
+    return out
 
 
 def _export(args):
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, expected a directory (the file is left as is)")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise ValueError(f"--out {out} is not empty (holds {held}); choose a new directory or pass --overwrite")
     cfg, params, tok = from_pretrained(args.model)
     save_hf(args.out, cfg, params, tokenizer=tok, dtype=args.dtype)
     print(f"{args.out}: {cfg.num_layers}-layer {cfg.d_model}-wide model exported", file=sys.stderr)

@@ -98,7 +98,7 @@ def _accuracy_figure(lines, modes, path):
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("disrupt", help="accuracy of each disruption mode on the paper's tasks (Table 1)",
-                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF checkpoint directory or run directory (or the config's \"model\")")
     p.add_argument("--out", required=True, help="output directory")
     src = p.add_mutually_exclusive_group(required=True)

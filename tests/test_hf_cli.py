@@ -42,12 +42,13 @@ def test_generate_prints_hf_continuation(ckpt, capsys, chat):
     assert capsys.readouterr().out == ref + "\n"
 
 
-def test_logits_match_hf(ckpt, tmp_path):
+def test_logits_match_hf(ckpt, tmp_path, capsys):
     path, model, tok = ckpt
     text = "The grass is green. The sky is blue. " * 8
     (tmp_path / "t.txt").write_text(text)
     main(["logits", "--model", path, "--text-file", str(tmp_path / "t.txt"), "--out", str(tmp_path / "l.npy"),
-          "--ids-out", str(tmp_path / "ids.npy")])
+          "--ids-out", str(tmp_path / "ids")])
+    assert f"{tmp_path / 'l.npy'}: logits of" in capsys.readouterr().err
     ids = tok(text)["input_ids"]
     np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), ids)
     with torch.no_grad():

@@ -95,3 +95,29 @@ def test_probes_bad_input(tmp_path, capsys):
     assert "digitz" in err and "valid keys" in err
     assert "unrecognized arguments: --bogus" in exits_2(probes_main, ["massive", "--model", "m", "--out", "o",
                                                                       "--bogus"], capsys)
+
+
+def test_a_file_where_an_output_directory_goes_is_refused_and_kept(tmp_path, capsys):
+    note = tmp_path / "notes.txt"
+    note.write_text("keep me")
+    for argv in (["massive", "--model", "m"], ["disrupt", "--model", "m", "--task", "facts"],
+                 ["study", "--config", str(ROOT / "configs" / "study_default.py")]):
+        err = exits_2(probes_main, [*argv, "--out", str(note)], capsys)
+        assert f"python -m probes {argv[0]}: error: --out {note} is a file, expected a directory" in err
+    err = exits_2(lm_main, ["export", "--model", "m", "--out", str(note)], capsys)
+    assert f"--out {note} is a file, expected a directory" in err
+    assert note.read_text() == "keep me"
+    err = exits_2(train_main, ["items", "--config", TINY, "--out", str(tmp_path)], capsys)
+    assert "is a directory, expected a .jsonl file" in err and not list(tmp_path.glob("*.tmp"))
+
+
+def test_export_refuses_a_non_empty_directory(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    err = exits_2(lm_main, ["export", "--model", "m", "--out", str(tmp_path)], capsys)
+    assert f"--out {tmp_path} is not empty (holds config.json); choose a new directory or pass --overwrite" in err
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_data_path_without_shards_is_refused(tmp_path, capsys):
+    err = exits_2(train_main, ["--config", TINY, "--out", str(tmp_path / "r"), f"data.path={tmp_path}"], capsys)
+    assert f"data.path='{tmp_path}' is set but data.kind='synthetic' does not read it" in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from minimal_lm.config import ConfigError
 
@@ -93,6 +94,8 @@ def _items(argv: list[str]) -> int:
     if cfg.data.kind != "synthetic":
         p.exit(2, f"python -m train items: {args.config}: data.kind={cfg.data.kind!r}; items exist only for "
                   f"data.kind='synthetic'\n")
+    if Path(args.out).is_dir():
+        p.exit(2, f"python -m train items: --out {args.out} is a directory, expected a .jsonl file\n")
     try:
         items = write_items(args.out, args.n, args.seed, cfg.data)
     except OSError as e:

@@ -79,6 +79,9 @@ class DataConfig:
     def __post_init__(self):
         if self.kind not in DATA_KINDS:
             raise ConfigError(f"data.kind={self.kind!r}: expected one of {', '.join(DATA_KINDS)}")
+        if self.kind == "synthetic" and self.path:
+            raise ConfigError(f"data.path={self.path!r} is set but data.kind='synthetic' does not read it: "
+                              "add data.kind=shards to train on it, or clear data.path")
         if self.kind == "shards" and not self.path:
             raise ConfigError("data.path is empty: data.kind='shards' needs a directory written by "
                               "`python -m train prepare`")
