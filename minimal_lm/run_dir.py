@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import jax
@@ -16,6 +17,17 @@ from minimal_lm.safetensors_io import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
+
+
+def write_atomic(path, text: str) -> None:
+    """Write via a temporary file and a rename, so a kill leaves the old or the new file, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_log(path) -> list[dict]:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from minimal_lm import SCHEMES, ConfigError, Tokenizer, from_pretrained, init_params
-from minimal_lm.run_dir import checkpoint_steps, load_run, read_log
+from minimal_lm.run_dir import checkpoint_steps, load_run, read_log, write_atomic
 from probes.disrupt import SELECT
 from probes.emergence import DISRUPTION_LOG, accuracy_by_kind, read_disruption_log
 from probes.experiment import evaluate, modes_for
@@ -210,7 +210,7 @@ def _write_settings(study: StudyConfig, out: Path, command: str) -> None:
         raise ConfigError(f"{out} is not empty and has no study.json, so it is not a study directory; "
                           f"use another --out")
     extra = {"command": command, "unigram_entropy": _entropy(study)}
-    path.write_text(json.dumps({**new, **extra}, indent=1) + "\n")
+    write_atomic(path, json.dumps({**new, **extra}, indent=1) + "\n")
 
 
 def _entropy(study):
@@ -356,7 +356,7 @@ def _truncate_log(run_dir: Path, step: int) -> None:
     lines = read_log(path)
     keep = [x for x in read_disruption_log(run_dir) if x["step"] <= step]
     if len(keep) != len(lines):
-        path.write_text("".join(json.dumps(x) + "\n" for x in keep))
+        write_atomic(path, "".join(json.dumps(x) + "\n" for x in keep))
 
 
 def final_dir(run_dir: Path, step: int) -> Path:
@@ -385,4 +385,4 @@ def _add_timing(run_dir: Path, **seconds) -> None:
     """Accumulate wall seconds per phase in run_dir/timing.json (resumed work adds to it)."""
     path = run_dir / "timing.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    path.write_text(json.dumps({k: old.get(k, 0.0) + v for k, v in seconds.items()}, indent=1) + "\n")
+    write_atomic(path, json.dumps({k: old.get(k, 0.0) + v for k, v in seconds.items()}, indent=1) + "\n")

@@ -160,7 +160,7 @@ def test_items_cli_writes_both_kinds_for_the_disrupt_task_file(tmp_path, capsys)
     task = tasks.build("jsonl", task_file=out)
     assert [{k: it[k] for k in ("prompt", "answer", "kind")} for it in task.items] == \
         [{k: it[k] for k in ("prompt", "answer", "kind")} for it in expected]
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not [f for f in tmp_path.iterdir() if ".tmp" in f.name]
     with pytest.raises(SystemExit) as e:
         main(["items", "--config", str(CONFIGS / "gpt2_124m.py"), "--out", str(tmp_path / "x.jsonl")])
     assert e.value.code == 2 and "data.kind='shards'; items exist only for data.kind='synthetic'" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """`python -m train --config configs/NAME.py --out RUN_DIR [key=value ...]` trains (or resumes);
 `python -m train prepare --out DATA_DIR FILE ...` writes token shards; `python -m train items --config
 configs/NAME.py --out ITEMS.jsonl` writes held-out synthetic items for `python -m probes disrupt --task jsonl`.
-Bad input (config, overrides, paths,
-data, a run directory of another config) exits with code 2; a non-finite loss or unusable checkpoints with 1."""
+Bad input (config, overrides, paths, data, a run directory of another config) exits with code 2; a
+non-finite loss or unusable checkpoints with 1."""
 from __future__ import annotations
 
 import argparse

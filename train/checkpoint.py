@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 
 from minimal_lm.config import ConfigError
 from minimal_lm.run_dir import (CHECKPOINTS, META, OPT_STATE, PARAMS, abstract, checkpoint_manager, checkpoint_steps,
-                                checksums, shape_mismatches, verify)
+                                checksums, shape_mismatches, verify, write_atomic)
 from minimal_lm.safetensors_io import CheckpointError
 from train.config import RunConfig, config_diff
 from train.step import TrainState
@@ -64,16 +64,6 @@ def open_run_dir(out: Path, cfg: RunConfig) -> None:
         raise RunDirConflict(f"{out} is not empty and has no config.json, so it is not a run directory; "
                              f"use another --out or pass train.overwrite=true")
     write_atomic(cfg_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so a kill leaves the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def manager(out: Path, cfg: RunConfig) -> ocp.CheckpointManager:

@@ -24,11 +24,11 @@ that end right before the answer, for scoring by generation.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from minimal_lm.run_dir import write_atomic
 from train.config import DataConfig
 
 BOS = 256
@@ -218,10 +218,7 @@ def write_items(path, n: int, seed: int, data: DataConfig | None = None) -> list
     """`n` contextual then `n` parametric held-out items (eval_items) as JSONL at `path`, written
     atomically: the task file of `python -m probes disrupt --task jsonl`, whose rows keep their kind."""
     items = [it for kind in KINDS for it in eval_items(kind, n, seed, data)]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(it) + "\n" for it in items))
     return items
 
 
