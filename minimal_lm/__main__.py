@@ -20,6 +20,7 @@ from minimal_lm.config import ConfigError
 from minimal_lm.generate import generate
 from minimal_lm.hf import from_pretrained, save_hf
 from minimal_lm.model import forward
+from minimal_lm.run_dir import refuse_file_as_dir
 from minimal_lm.safetensors_io import CheckpointError
 
 
@@ -114,9 +115,7 @@ def _npy_path(path: str, flag: str) -> Path:
 
 
 def _export(args):
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, expected a directory (the file is left as is)")
+    out = refuse_file_as_dir(args.out)
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
         raise ValueError(f"--out {out} is not empty (holds {held}); choose a new directory or pass --overwrite")

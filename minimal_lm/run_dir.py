@@ -19,6 +19,14 @@ CHECKPOINTS = "checkpoints"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
 
 
+def refuse_file_as_dir(path, flag: str = "--out") -> Path:
+    """`path` as a Path; ValueError if a file is there where a directory goes (the file is left as is)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, expected a directory (the file is left as is)")
+    return path
+
+
 def write_atomic(path, text: str) -> None:
     """Write via a temporary file and a rename, so a kill leaves the old or the new file, never half."""
     path = Path(path)

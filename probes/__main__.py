@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
+
+from minimal_lm.run_dir import refuse_file_as_dir
 
 COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd", "probes.study_cmd", "probes.report_cmd")
 
@@ -17,11 +18,9 @@ def main(argv=None) -> int:
         importlib.import_module(name).register(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    out = getattr(args, "out", None)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        parser.exit(2, f"python -m probes {args.command}: error: --out {out} is a file, expected a directory "
-                       f"(the file is left as is)\n")
     try:
+        if getattr(args, "out", None) is not None:  # every subcommand's --out is a directory
+            refuse_file_as_dir(args.out)
         args.func(args)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"python -m probes {args.command}: error: {e}\n")
