@@ -8,6 +8,9 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
+NORMS = ("rms", "layer")
+MLPS = ("glu", "mlp")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
 class ConfigError(ValueError):
@@ -26,7 +29,9 @@ class Llama3Scaling:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A Llama-style decoder: pre-RMSNorm, SwiGLU MLP, GQA, one of four positional schemes."""
+    """A pre-norm decoder: by default Llama's (RMSNorm, SwiGLU MLP, GQA), with one of four positional
+    schemes. The family fields after `tie_embeddings` reproduce GPT-2, OPT, GPT-Neo, GPT-NeoX, Gemma 2
+    and Qwen3; each is read in one place of the forward."""
 
     vocab_size: int = 256
     d_model: int = 128
@@ -42,6 +47,21 @@ class ModelConfig:
     rope_scaling: Llama3Scaling | None = None
     qkv_bias: bool = False
     tie_embeddings: bool = True
+    norm: str = "rms"  # rms | layer (LayerNorm with a bias)
+    norm_offset: float = 0.0  # norms scale by (norm_offset + weight): Gemma stores w - 1
+    mlp: str = "glu"  # glu: down(act(gate x) * up x) | mlp: down(act(up x))
+    activation: str = "silu"  # silu | gelu | gelu_tanh | relu
+    out_bias: bool = False  # bias on the attention output projection
+    mlp_bias: bool = False
+    parallel_residual: bool = False  # x + attn(norm1 x) + mlp(norm2 x) (GPT-NeoX)
+    sandwich_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2)
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before rotation (Qwen3)
+    embed_scale: float = 1.0  # token embeddings times this (Gemma: sqrt(d_model))
+    attn_scale: float | None = None  # None: 1 / sqrt(head_dim)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None
+    layer_windows: tuple[int, ...] | None = None  # per layer: attend to the last w positions; 0 = all
+    position_offset: int = 0  # learned position p reads row p + offset (OPT: 2)
     norm_eps: float = 1e-5
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype; params stay in param_dtype
@@ -53,6 +73,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.position is None:
             object.__setattr__(self, "position", "none")
+        if isinstance(self.layer_windows, list):
+            object.__setattr__(self, "layer_windows", tuple(self.layer_windows))
         if isinstance(self.rope_scaling, dict):
             object.__setattr__(self, "rope_scaling", build_dataclass(Llama3Scaling, self.rope_scaling, "rope_scaling"))
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
@@ -87,9 +109,28 @@ class ModelConfig:
             raise ConfigError(f"norm_eps={self.norm_eps}: expected a positive number")
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std >= 0:
             raise ConfigError(f"init_std={self.init_std!r}: expected a number >= 0")
-        for name in ("qkv_bias", "tie_embeddings", "scan_layers"):
+        for name in ("qkv_bias", "tie_embeddings", "scan_layers", "out_bias", "mlp_bias", "parallel_residual",
+                     "sandwich_norms", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected true or false")
+        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        for name in ("norm_offset", "embed_scale"):
+            if not _is_number(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected a number")
+        for name in ("attn_scale", "attn_softcap", "final_softcap"):
+            v = getattr(self, name)
+            if v is not None and not (_is_number(v) and v > 0):
+                raise ConfigError(f"{name}={v!r}: expected a positive number or null")
+        w = self.layer_windows
+        if w is not None:
+            if (not isinstance(w, tuple) or len(w) != self.num_layers
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in w)):
+                raise ConfigError(f"layer_windows={w!r}: expected {self.num_layers} integers >= 0 (one per layer, "
+                                  "0 = full attention) or null")
+        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) or self.position_offset < 0:
+            raise ConfigError(f"position_offset={self.position_offset!r}: expected an integer >= 0")
 
     @property
     def kv_heads(self) -> int:
@@ -106,6 +147,10 @@ class ModelConfig:
     @property
     def rotary_dim(self) -> int:
         return int(self.dim_per_head * self.rope_fraction)
+
+    @property
+    def windowed(self) -> bool:
+        return self.layer_windows is not None and any(self.layer_windows)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,6 +178,10 @@ def build_dataclass(cls, d, where):
         return cls(**d)
     except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def _positive_int(name, value):

@@ -13,10 +13,16 @@ import jax.numpy as jnp
 from minimal_lm.config import ModelConfig
 from minimal_lm.positions import scheme
 
-SITES = ("q_pre", "k_pre", "q", "k", "v", "attn_out", "mlp_out", "resid")
-"""Named sites in each layer. q_pre/k_pre: projections before rotation ([B,T,H,E] / [B,T,K,E]);
-q/k: after rotation (the same arrays as q_pre/k_pre when nothing rotates); v: [B,T,K,E];
-attn_out: after the output projection, mlp_out, resid: the residual after the layer ([B,T,D])."""
+SITES = ("q_proj", "k_proj", "q_pre", "k_pre", "q", "k", "v", "attn_scores", "attn_probs", "attn_out",
+         "mlp_out", "resid")
+"""Named sites in each layer. q_proj/k_proj: the projections ([B,T,H,E] / [B,T,K,E]); q_pre/k_pre: the
+same after the q/k norm (Qwen3), before rotation: the paper's pre-RoPE Q and K (equal to q_proj/k_proj
+without a q/k norm); q/k: after rotation (equal to q_pre/k_pre when nothing rotates); v: [B,T,K,E];
+attn_scores: scaled (and soft-capped) scores plus any positional bias, masked entries at the dtype's
+minimum, and attn_probs: their softmax, both [B,H,T,S] and computed only for a hook whose `sites` names
+them; attn_out, mlp_out: what each branch adds to the residual; resid: the residual after the layer
+([B,T,D])."""
+SCORE_SITES = ("attn_scores", "attn_probs")
 
 Intervention = Callable[[str, Any, jax.Array], jax.Array]
 Capture = Callable[[str, Any, jax.Array], Any]
@@ -55,10 +61,29 @@ def init_params(cfg: ModelConfig, key) -> dict:
         "wo": normal((L, H, E, D), out_std),
         "w_gate": normal((L, D, F), std), "w_up": normal((L, D, F), std), "w_down": normal((L, F, D), out_std),
     }
+    if cfg.mlp == "mlp":
+        del layers["w_gate"]
     if cfg.qkv_bias:
         layers.update(bq=jnp.zeros((L, H, E)), bk=jnp.zeros((L, K, E)), bv=jnp.zeros((L, K, E)))
-    params = {"embed": normal((V, D), std), "layers": layers, "final_norm": jnp.ones((D,)),
+    if cfg.out_bias:
+        layers["bo"] = jnp.zeros((L, D))
+    if cfg.mlp_bias:
+        layers.update(b_up=jnp.zeros((L, F)), b_down=jnp.zeros((L, D)))
+        if cfg.mlp == "glu":
+            layers["b_gate"] = jnp.zeros((L, F))
+    if cfg.sandwich_norms:
+        layers.update(post_attn_norm=jnp.ones((L, D)), post_mlp_norm=jnp.ones((L, D)))
+    if cfg.qk_norm:
+        layers.update(q_norm=jnp.ones((L, E)), k_norm=jnp.ones((L, E)))
+    norm_init = 1.0 - cfg.norm_offset  # every norm starts as the identity scale
+    for name in [n for n in layers if n.endswith("_norm")]:
+        layers[name] = norm_init * layers[name]
+        if cfg.norm == "layer" and name not in ("q_norm", "k_norm"):
+            layers[name + "_bias"] = jnp.zeros_like(layers[name])
+    params = {"embed": normal((V, D), std), "layers": layers, "final_norm": norm_init * jnp.ones((D,)),
               "position": scheme(cfg).init(cfg, next(k))}
+    if cfg.norm == "layer":
+        params["final_norm_bias"] = jnp.zeros((D,))
     if not cfg.tie_embeddings:
         params["unembed"] = normal((D, V), std)
     return jax.tree.map(lambda a: a.astype(cfg.param_dtype), params)
@@ -71,11 +96,68 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache
                    jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def rms_norm(x, weight, eps):
-    """Hugging Face's LlamaRMSNorm: normalise in float32, cast back, then scale."""
+def rms_norm(x, weight, eps, offset=0.0):
+    """Hugging Face's RMSNorm, normalised in float32: Llama's casts back, then scales by the weight;
+    Gemma's (offset 1) scales by (1 + weight) in float32, then casts back."""
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if offset:
+        return (x32 * (offset + weight.astype(jnp.float32))).astype(x.dtype)
     return weight.astype(x.dtype) * x32.astype(x.dtype)
+
+
+def layer_norm(x, weight, bias, eps):
+    """torch.nn.LayerNorm over the last axis, in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def norm(cfg: ModelConfig, p: dict, name: str, x):
+    """The norm `name` of cfg's kind, with its params from p (p[name], and p[name + "_bias"])."""
+    if cfg.norm == "layer":
+        return layer_norm(x, p[name], p[name + "_bias"], cfg.norm_eps)
+    return rms_norm(x, p[name], cfg.norm_eps, cfg.norm_offset)
+
+
+ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+               "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
+def mlp(cfg: ModelConfig, p: dict, h_BTD):
+    act = ACTIVATIONS[cfg.activation]
+    up_BTF = h_BTD @ p["w_up"] + (p["b_up"] if cfg.mlp_bias else 0)
+    if cfg.mlp == "glu":
+        up_BTF = act(h_BTD @ p["w_gate"] + (p["b_gate"] if cfg.mlp_bias else 0)) * up_BTF
+    else:
+        up_BTF = act(up_BTF)
+    return up_BTF @ p["w_down"] + (p["b_down"] if cfg.mlp_bias else 0)
+
+
+def softcap(x, cap):
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def wants(hook, site: str) -> bool:
+    """Whether a hook asks for an optional site: it names it in a `sites` attribute."""
+    return hook is not None and site in getattr(hook, "sites", ())
+
+
+def attention_probs(q_BTHE, k_BSKE, bias, mask, scale, cap, site):
+    """Explicit attention: scores [B,H,T,S] (scaled, soft-capped, biased, masked) and their float32
+    softmax, each passed through `site`, as transformers' eager attention computes them."""
+    B, T, H, E = q_BTHE.shape
+    K = k_BSKE.shape[2]
+    q_BTKGE = q_BTHE.reshape(B, T, K, H // K, E)
+    scores_BHTS = jnp.einsum("btkge,bske->bkgts", q_BTKGE, k_BSKE).reshape(B, H, T, -1) * scale
+    scores_BHTS = softcap(scores_BHTS, cap)
+    if bias is not None:
+        scores_BHTS = scores_BHTS + bias
+    scores_BHTS = site("attn_scores", jnp.where(mask, scores_BHTS, jnp.finfo(scores_BHTS.dtype).min))
+    probs_BHTS = jax.nn.softmax(scores_BHTS.astype(jnp.float32), axis=-1).astype(q_BTHE.dtype)
+    return site("attn_probs", probs_BHTS)
 
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -106,26 +188,34 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
     intervention, capture = (h.bind(hook_mask_BT) if hasattr(h, "bind") else h for h in (intervention, capture))
 
     x_BTD = params["embed"][tokens_BT]
+    if cfg.embed_scale != 1.0:
+        x_BTD = x_BTD * jnp.asarray(cfg.embed_scale, dtype)
     x_BTD = pos.embed(cfg, params["position"], x_BTD, positions_BT)
 
     if cache is None:
-        k_positions_BS, attn_mask, is_causal = positions_BT, None, mask_BT is None
-        if mask_BT is not None:
-            attn_mask = _mask(jnp.arange(T), jnp.arange(T), mask_BT)
+        k_positions_BS, valid_BS, q_slots_T, k_slots_S = positions_BT, mask_BT, jnp.arange(T), jnp.arange(T)
         new_cache_meta = None
     else:
-        slots_T = cache.index + jnp.arange(T)
+        q_slots_T = cache.index + jnp.arange(T)
         valid_BS = jax.lax.dynamic_update_slice(
             cache.valid_BS, jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool), (0, cache.index))
         k_positions_BS = jax.lax.dynamic_update_slice(cache.positions_BS, positions_BT, (0, cache.index))
-        attn_mask, is_causal = _mask(slots_T, jnp.arange(valid_BS.shape[1]), valid_BS), False
+        k_slots_S = jnp.arange(valid_BS.shape[1])
         new_cache_meta = (valid_BS, k_positions_BS, cache.index + T)
+    scores = any(wants(h, s) for h in (intervention, capture) for s in SCORE_SITES)
+    explicit = scores or cfg.attn_softcap is not None
+    is_causal = valid_BS is None and not cfg.windowed and not explicit
+    attn_mask = None
+    if not is_causal:
+        attn_mask = _mask(q_slots_T, k_slots_S, jnp.ones((B, T), bool) if valid_BS is None else valid_BS)
+    distance_BTS = positions_BT[:, :, None] - k_positions_BS[:, None, :] if cfg.windowed else None
     bias = pos.bias(cfg, positions_BT, k_positions_BS)
     if bias is not None:
         bias = bias.astype(dtype)
+    scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.dim_per_head ** -0.5
 
     def layer(x_BTD, xs):
-        p, i, kv = xs
+        p, i, window, kv = xs
         captured = {}
 
         def site(name, x):
@@ -137,33 +227,63 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
                     captured[name] = c
             return x
 
-        h_BTD = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
-        q_BTHE = jnp.einsum("btd,dhe->bthe", h_BTD, p["wq"])
-        k_BTKE = jnp.einsum("btd,dke->btke", h_BTD, p["wk"])
-        v_BTKE = jnp.einsum("btd,dke->btke", h_BTD, p["wv"])
-        if cfg.qkv_bias:
-            q_BTHE, k_BTKE, v_BTKE = q_BTHE + p["bq"], k_BTKE + p["bk"], v_BTKE + p["bv"]
-        q_BTHE, k_BTKE = site("q_pre", q_BTHE), site("k_pre", k_BTKE)
-        q_BTHE = site("q", pos.rotate(cfg, q_BTHE, positions_BT))
-        k_BTKE = site("k", pos.rotate(cfg, k_BTKE, positions_BT))
-        v_BTKE = site("v", v_BTKE)
-        if kv is not None:
-            k_BTKE = jax.lax.dynamic_update_slice(kv[0], k_BTKE.astype(kv[0].dtype), (0, cache.index, 0, 0))
-            v_BTKE = jax.lax.dynamic_update_slice(kv[1], v_BTKE.astype(kv[1].dtype), (0, cache.index, 0, 0))
-            kv = (k_BTKE, v_BTKE)
-        o_BTHE = jax.nn.dot_product_attention(
-            q_BTHE, k_BTKE.astype(dtype), v_BTKE.astype(dtype), bias=bias, mask=attn_mask,
-            is_causal=is_causal, implementation=cfg.attention_impl)
-        x_BTD = x_BTD + site("attn_out", jnp.einsum("bthe,hed->btd", o_BTHE, p["wo"]))
-        h_BTD = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
-        gate_BTF = jax.nn.silu(h_BTD @ p["w_gate"]) * (h_BTD @ p["w_up"])
-        x_BTD = x_BTD + site("mlp_out", gate_BTF @ p["w_down"])
+        def attention(h_BTD, kv):
+            q_BTHE = jnp.einsum("btd,dhe->bthe", h_BTD, p["wq"])
+            k_BTKE = jnp.einsum("btd,dke->btke", h_BTD, p["wk"])
+            v_BTKE = jnp.einsum("btd,dke->btke", h_BTD, p["wv"])
+            if cfg.qkv_bias:
+                q_BTHE, k_BTKE, v_BTKE = q_BTHE + p["bq"], k_BTKE + p["bk"], v_BTKE + p["bv"]
+            q_BTHE, k_BTKE = site("q_proj", q_BTHE), site("k_proj", k_BTKE)
+            if cfg.qk_norm:
+                q_BTHE = rms_norm(q_BTHE, p["q_norm"], cfg.norm_eps, cfg.norm_offset)
+                k_BTKE = rms_norm(k_BTKE, p["k_norm"], cfg.norm_eps, cfg.norm_offset)
+            q_BTHE, k_BTKE = site("q_pre", q_BTHE), site("k_pre", k_BTKE)
+            q_BTHE = site("q", pos.rotate(cfg, q_BTHE, positions_BT))
+            k_BTKE = site("k", pos.rotate(cfg, k_BTKE, positions_BT))
+            v_BTKE = site("v", v_BTKE)
+            if kv is not None:
+                k_BTKE = jax.lax.dynamic_update_slice(kv[0], k_BTKE.astype(kv[0].dtype), (0, cache.index, 0, 0))
+                v_BTKE = jax.lax.dynamic_update_slice(kv[1], v_BTKE.astype(kv[1].dtype), (0, cache.index, 0, 0))
+                kv = (k_BTKE, v_BTKE)
+            k_BSKE, v_BSKE = k_BTKE.astype(dtype), v_BTKE.astype(dtype)
+            mask = attn_mask
+            if cfg.windowed:
+                mask = mask & ((window == 0) | (distance_BTS < window))[:, None]
+            if explicit:
+                probs_BHTS = attention_probs(q_BTHE, k_BSKE, bias, mask, scale, cfg.attn_softcap, site)
+                B_, S, K, E = k_BSKE.shape
+                probs_BKGTS = probs_BHTS.reshape(B_, K, -1, T, S)
+                o_BTHE = jnp.einsum("bkgts,bske->btkge", probs_BKGTS, v_BSKE).reshape(q_BTHE.shape)
+            else:
+                o_BTHE = jax.nn.dot_product_attention(
+                    q_BTHE, k_BSKE, v_BSKE, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+                    implementation=cfg.attention_impl)
+            out_BTD = jnp.einsum("bthe,hed->btd", o_BTHE, p["wo"])
+            if cfg.out_bias:
+                out_BTD = out_BTD + p["bo"]
+            if cfg.sandwich_norms:
+                out_BTD = norm(cfg, p, "post_attn_norm", out_BTD)
+            return site("attn_out", out_BTD), kv
+
+        def feed_forward(h_BTD):
+            out_BTD = mlp(cfg, p, h_BTD)
+            if cfg.sandwich_norms:
+                out_BTD = norm(cfg, p, "post_mlp_norm", out_BTD)
+            return site("mlp_out", out_BTD)
+
+        attn_BTD, kv = attention(norm(cfg, p, "attn_norm", x_BTD), kv)
+        if cfg.parallel_residual:
+            x_BTD = x_BTD + attn_BTD + feed_forward(norm(cfg, p, "mlp_norm", x_BTD))
+        else:
+            x_BTD = x_BTD + attn_BTD
+            x_BTD = x_BTD + feed_forward(norm(cfg, p, "mlp_norm", x_BTD))
         return site("resid", x_BTD), (captured, kv)
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat])
     kv_in = None if cache is None else (cache.k_LBSKE, cache.v_LBSKE)
-    xs = (params["layers"], jnp.arange(cfg.num_layers), kv_in)
+    windows_L = jnp.array(cfg.layer_windows or (0,) * cfg.num_layers, jnp.int32)
+    xs = (params["layers"], jnp.arange(cfg.num_layers), windows_L, kv_in)
     if cfg.scan_layers:
         x_BTD, (captured, kv_out) = jax.lax.scan(layer, x_BTD, xs)
     else:
@@ -173,11 +293,12 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
             outs.append(out)
         captured, kv_out = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else ({}, None)
 
-    x_BTD = rms_norm(x_BTD, params["final_norm"], cfg.norm_eps)
+    x_BTD = norm(cfg, params, "final_norm", x_BTD)
     if last_only:
         x_BTD = x_BTD[:, -1:]
     unembed_DV = params["embed"].T if cfg.tie_embeddings else params["unembed"]
-    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, unembed_DV, preferred_element_type=jnp.float32)
+    logits_BTV = softcap(jnp.einsum("btd,dv->btv", x_BTD, unembed_DV, preferred_element_type=jnp.float32),
+                         cfg.final_softcap)
     new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], *new_cache_meta)
     return Output(logits_BTV, captured, new_cache)
 

@@ -44,17 +44,19 @@ class NoPE(Position):
 
 
 class Learned(Position):
-    """Absolute position embeddings (GPT-2 style), added to the token embeddings."""
+    """Absolute position embeddings (GPT-2 style), added to the token embeddings; position p reads
+    row p + position_offset (OPT keeps two rows in front)."""
 
     name = "learned"
 
     @staticmethod
     def init(cfg, key):
-        return {"pos_embed": cfg.init_std * jax.random.normal(key, (cfg.max_seq_len, cfg.d_model))}
+        shape = (cfg.max_seq_len + cfg.position_offset, cfg.d_model)
+        return {"pos_embed": cfg.init_std * jax.random.normal(key, shape)}
 
     @staticmethod
     def embed(cfg, params, x_BSD, positions_BS):
-        return x_BSD + params["pos_embed"].astype(x_BSD.dtype)[positions_BS]
+        return x_BSD + params["pos_embed"].astype(x_BSD.dtype)[positions_BS + cfg.position_offset]
 
 
 def rope_inv_freq(cfg: ModelConfig):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minimal_lm import SITES, ModelConfig, forward, init_cache, init_params
-from minimal_lm.model import rms_norm
+from minimal_lm.model import SCORE_SITES, rms_norm
 
 SCHEMES = ["rope", "none", "learned", "alibi"]
 
@@ -53,10 +53,12 @@ def test_capture_returns_every_site_stacked_over_layers():
     toks = tokens()
     out = jax.jit(lambda p, t: forward(p, t, cfg, capture=lambda s, l, x: x))(params, toks)
     B, T, L, H, K, E, D = 2, 12, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
-    shapes = {"q_pre": (L, B, T, H, E), "k_pre": (L, B, T, K, E), "q": (L, B, T, H, E), "k": (L, B, T, K, E),
-              "v": (L, B, T, K, E), "attn_out": (L, B, T, D), "mlp_out": (L, B, T, D), "resid": (L, B, T, D)}
-    assert set(out.captured) == set(SITES)
-    assert {s: out.captured[s].shape for s in SITES} == shapes
+    shapes = {"q_proj": (L, B, T, H, E), "k_proj": (L, B, T, K, E), "q_pre": (L, B, T, H, E),
+              "k_pre": (L, B, T, K, E), "q": (L, B, T, H, E), "k": (L, B, T, K, E), "v": (L, B, T, K, E),
+              "attn_out": (L, B, T, D), "mlp_out": (L, B, T, D), "resid": (L, B, T, D)}
+    assert set(out.captured) == set(SITES) - set(SCORE_SITES), "score sites only for a hook that names them"
+    assert {s: out.captured[s].shape for s in shapes} == shapes
+    np.testing.assert_array_equal(out.captured["q_proj"], out.captured["q_pre"])
     h = rms_norm(params["embed"][toks], params["layers"]["attn_norm"][0], cfg.norm_eps)
     q0 = jnp.einsum("btd,dhe->bthe", h, params["layers"]["wq"][0])
     np.testing.assert_allclose(out.captured["q_pre"][0], q0, rtol=1e-5, atol=1e-6)
