@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint directories: load Llama/Mistral/Qwen2 weights exactly, export RoPE models.
+"""Hugging Face checkpoint directories: load every supported family's weights exactly (the tables in
+minimal_lm.hf_families), export RoPE models of the Llama form.
 
 Weights keep HF's layout up to a transpose and a split of the head axis (rotate_half kept, no
 constant folded in), so (layer, head, dim) in our captures is the same index in HF. Loading fills
@@ -19,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from minimal_lm.config import DTYPES, ConfigError, ModelConfig
-from minimal_lm.hf_config import from_hf_config, to_hf_config
+from minimal_lm.hf_config import family_of, from_hf_config, to_hf_config
+from minimal_lm.hf_families import FAMILIES
 from minimal_lm.safetensors_io import CheckpointError, SafetensorsFile, save_file
 from minimal_lm.tokenizer import Tokenizer
 
@@ -34,22 +36,25 @@ class Pretrained(NamedTuple):
     tokenizer: Tokenizer | None
 
 
-def from_pretrained(path, dtype=None) -> Pretrained:
+def from_pretrained(path, dtype=None, revision: str | None = None, strict: bool = False) -> Pretrained:
     """Config, params and tokenizer from an HF checkpoint directory (or hub id, when huggingface_hub
     is installed) or from one of our run directories (latest checkpoint). `dtype` (e.g. "bfloat16")
-    sets the params' and compute dtype; by default the checkpoint's own."""
-    path = _resolve(os.fspath(path))
+    sets the params' and compute dtype; by default the checkpoint's own. `revision` (a branch, tag or
+    commit of a hub id, e.g. Pythia's "step1000") is for hub ids only. Config keys we do not read are
+    ignored with one warning, or refused with strict=True."""
+    path = _resolve(os.fspath(path), revision)
     if _is_run_dir(path):
         from minimal_lm import run_dir
 
         cfg, params, tokenizer_json = run_dir.load_run(path, dtype=dtype)
         return Pretrained(cfg, params, Tokenizer.from_file(tokenizer_json) if tokenizer_json else None)
-    cfg, params = load_hf(path, dtype)
+    cfg, params = load_hf(path, dtype, strict=strict)
     return Pretrained(cfg, params, Tokenizer.from_dir(path))
 
 
-def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) from an HF checkpoint directory (config.json + safetensors)."""
+def load_hf(path, dtype=None, strict: bool = False) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, params) from an HF checkpoint directory (config.json + safetensors). Config keys
+    we do not read are ignored with one warning, or refused with strict=True."""
     config_path = os.path.join(path, "config.json")
     if not os.path.exists(config_path):
         raise CheckpointError(f"{path}: no config.json (expected a Hugging Face checkpoint directory)")
@@ -58,11 +63,13 @@ def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
             hf = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
-    cfg = from_hf_config(hf, config_path)
-    files = _open_shards(path)
-    dtype = _dtype_name(dtype, files.get("model.embed_tokens.weight"))
+    cfg = from_hf_config(hf, config_path, strict=strict)
+    family = family_of(hf, config_path)
+    files = _with_base_prefix(_open_shards(path), family)
+    top, layer = _layout(cfg, family)
+    dtype = _dtype_name(dtype, files.get(top[0].name), top[0].name)
     cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
-    return cfg, _load_params(cfg, files, _NP_DTYPES[dtype], config_path)
+    return cfg, _load_params(cfg, family, files, _NP_DTYPES[dtype], config_path)
 
 
 def save_hf(path, cfg: ModelConfig, params: dict, tokenizer: Tokenizer | None = None, dtype: str | None = None):
@@ -70,14 +77,14 @@ def save_hf(path, cfg: ModelConfig, params: dict, tokenizer: Tokenizer | None = 
     transformers loads as LlamaForCausalLM (Qwen2ForCausalLM with q/k/v biases)."""
     dtype = dtype or cfg.param_dtype
     hf = to_hf_config(cfg, dtype)
-    top, layer = _layout(cfg)
+    top, layer = _layout(cfg, FAMILIES[hf["architectures"][0]])
     tensors = {}
-    for key, name, shape, split, perm in top:
-        tensors[name] = _to_hf(params[key], shape, perm, dtype)
-    for key, name, shape, split, perm in layer:
-        stacked = np.asarray(params["layers"][key])
+    for t in top:
+        tensors[t.name] = _to_hf(_param(params, t.key), t.shape, t.perm, dtype)
+    for t in layer:
+        stacked = np.asarray(params["layers"][t.key])
         for i in range(cfg.num_layers):
-            tensors[f"model.layers.{i}.{name}"] = _to_hf(stacked[i], shape, perm, dtype)
+            tensors[f"model.layers.{i}.{t.name}"] = _to_hf(stacked[i], t.shape, t.perm, dtype)
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, "model.safetensors"), {"format": "pt"})
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
@@ -90,73 +97,81 @@ def _to_hf(a, shape, perm, dtype):
     return np.asarray(a).astype(_NP_DTYPES[dtype]).transpose(np.argsort(perm)).reshape(shape)
 
 
-def _layout(cfg: ModelConfig):
-    """Rows (our key, HF name, HF shape, HF tensor split to, axis order of ours) for the top-level
-    tensors and for each layer's tensors (name relative to model.layers.{i})."""
-    D, H, K, E, F, V = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.hidden_dim, cfg.vocab_size
-    top = [("embed", "model.embed_tokens.weight", (V, D), (V, D), (0, 1)),
-           ("final_norm", "model.norm.weight", (D,), (D,), (0,))]
-    if not cfg.tie_embeddings:
-        top.append(("unembed", "lm_head.weight", (V, D), (V, D), (1, 0)))
-    layer = [("wq", "self_attn.q_proj.weight", (H * E, D), (H, E, D), (2, 0, 1)),
-             ("wk", "self_attn.k_proj.weight", (K * E, D), (K, E, D), (2, 0, 1)),
-             ("wv", "self_attn.v_proj.weight", (K * E, D), (K, E, D), (2, 0, 1)),
-             ("wo", "self_attn.o_proj.weight", (D, H * E), (D, H, E), (1, 2, 0)),
-             ("w_gate", "mlp.gate_proj.weight", (F, D), (F, D), (1, 0)),
-             ("w_up", "mlp.up_proj.weight", (F, D), (F, D), (1, 0)),
-             ("w_down", "mlp.down_proj.weight", (D, F), (D, F), (1, 0)),
-             ("attn_norm", "input_layernorm.weight", (D,), (D,), (0,)),
-             ("mlp_norm", "post_attention_layernorm.weight", (D,), (D,), (0,))]
-    if cfg.qkv_bias:
-        layer += [("bq", "self_attn.q_proj.bias", (H * E,), (H, E), (0, 1)),
-                  ("bk", "self_attn.k_proj.bias", (K * E,), (K, E), (0, 1)),
-                  ("bv", "self_attn.v_proj.bias", (K * E,), (K, E), (0, 1))]
-    return top, layer
+def _layout(cfg: ModelConfig, family):
+    """The family's (top-level rows, per-layer rows) of hf_families.Tensor for cfg."""
+    return family.tensors(cfg)
 
 
-def _load_params(cfg, files, np_dtype, config_path):
-    top, layer = _layout(cfg)
+def _param(params, key):
+    for part in key.split("."):
+        params = params[part]
+    return params
+
+
+def _with_base_prefix(files, family):
+    """Names as the model's own state dict has them: checkpoints saved from the base model (GPT-2's
+    h.0..., OPT's decoder...) lack the base prefix."""
+    if any(n.startswith(family.base_prefix) for n in files):
+        return files
+    return {n if n in family.heads else family.base_prefix + n: f for n, f in files.items()}
+
+
+def _load_params(cfg, family, files, np_dtype, config_path):
+    top, layer = _layout(cfg, family)
     L = cfg.num_layers
     if L > len(files):
         raise CheckpointError(f"{_where(files)}: {len(files)} tensors cannot hold the {L} layers of {config_path}")
-    expected = {name for _, name, *_ in top} | {f"model.layers.{i}.{name}" for _, name, *_ in layer for i in range(L)}
-    ignored = {n for n in files if n.endswith("rotary_emb.inv_freq")}
-    if cfg.tie_embeddings and "lm_head.weight" in files:
-        embed = files.get("model.embed_tokens.weight")
-        if embed is not None and not np.array_equal(files["lm_head.weight"].get("lm_head.weight"),
-                                        embed.get("model.embed_tokens.weight")):
-            raise CheckpointError(f"{config_path}: tie_word_embeddings=true but lm_head.weight differs from "
-                                  "model.embed_tokens.weight")
-        ignored.add("lm_head.weight")
+    layer_name = (lambda i, t: f"{family.layer_prefix}{i}.{t.name}")
+    expected = {t.name for t in top} | {layer_name(i, t) for t in layer for i in range(L)}
+    ignored = {n for n in files if n.endswith("rotary_emb.inv_freq") or n.endswith(family.buffers or ("\0",))}
+    head = family.heads[0]
+    if cfg.tie_embeddings and head in files:
+        embed = files.get(top[0].name)
+        if embed is not None and not np.array_equal(files[head].get(head), embed.get(top[0].name)):
+            raise CheckpointError(f"{config_path}: tie_word_embeddings=true but {head} differs from {top[0].name}")
+        ignored.add(head)
     missing, extra = sorted(expected - set(files)), sorted(set(files) - expected - ignored)
     if missing:
         raise CheckpointError(f"{_where(files)}: missing tensor(s) {_few(missing)} required by {config_path}")
     if extra:
         raise CheckpointError(f"{_where(files)}: unexpected tensor(s) {_few(extra)} for the model in {config_path}")
-    for _, name, shape, *_ in top + [(k, f"model.layers.{i}.{n}", *r) for k, n, *r in layer for i in range(L)]:
+    for name, t in [(t.name, t) for t in top] + [(layer_name(i, t), t) for t in layer for i in range(L)]:
         f = files[name]
-        if f.shape(name) != shape:  # before allocating anything
+        if f.shape(name) != t.shape:  # before allocating anything
             raise CheckpointError(f"{f.path}: tensor {name!r} has shape {list(f.shape(name))}, expected "
-                                  f"{list(shape)} from {config_path}")
+                                  f"{list(t.shape)} from {config_path}")
 
-    def fill(out, name, shape, split, perm):
+    def ours(t):
+        split = list(t.split)
+        if t.part is not None:
+            del split[t.part[0]]
+        return [split[p] for p in t.perm]
+
+    def fill(out, name, t):
         f = files[name]
         if f.dtype(name).kind != "f" and f.dtype(name) != np.dtype(ml_dtypes.bfloat16):
             raise CheckpointError(f"{f.path}: tensor {name!r} has dtype {f.dtype(name)}, expected floating point")
-        out[...] = f.get(name).reshape(split).transpose(perm)
+        a = f.get(name).reshape(t.split)
+        if t.part is not None:
+            a = np.take(a, t.part[1], axis=t.part[0])
+        out[...] = a.transpose(t.perm)
         bar.update()
 
     params = {"layers": {}, "position": {}}
     with tqdm(total=len(expected), desc="loading weights", unit="tensor", disable=None) as bar:
-        for key, name, shape, split, perm in top:
-            a = np.empty([split[p] for p in perm], np_dtype)
-            fill(a, name, shape, split, perm)
-            params[key] = jax.device_put(a)
-        for key, name, shape, split, perm in layer:
-            a = np.empty([L] + [split[p] for p in perm], np_dtype)
+        for t in top:
+            a = np.empty(ours(t), np_dtype)
+            fill(a, t.name, t)
+            *parents, leaf = t.key.split(".")
+            node = params
+            for p in parents:
+                node = node[p]
+            node[leaf] = jax.device_put(a)
+        for t in layer:
+            a = np.empty([L] + ours(t), np_dtype)
             for i in range(L):
-                fill(a[i], f"model.layers.{i}.{name}", shape, split, perm)
-            params["layers"][key] = jax.device_put(a)
+                fill(a[i], layer_name(i, t), t)
+            params["layers"][t.key] = jax.device_put(a)
             del a
     return params
 
@@ -200,9 +215,9 @@ def _open_shards(path) -> dict[str, SafetensorsFile]:
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
-def _dtype_name(dtype, embed_file) -> str:
+def _dtype_name(dtype, embed_file, embed_name) -> str:
     if dtype is None:
-        stored = embed_file.dtype("model.embed_tokens.weight") if embed_file else np.dtype(np.float32)
+        stored = embed_file.dtype(embed_name) if embed_file else np.dtype(np.float32)
         return next((k for k, v in _NP_DTYPES.items() if v == stored), "float32")
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES:
@@ -210,23 +225,34 @@ def _dtype_name(dtype, embed_file) -> str:
     return name
 
 
-def _resolve(path: str) -> str:
+def _resolve(path: str, revision: str | None = None) -> str:
+    """A local directory as is; a hub id (at `revision`, default the main branch) downloaded through
+    huggingface_hub (config, tokenizer and safetensors files only) into its cache."""
+    if os.path.exists(path) and revision is not None:
+        raise CheckpointError(f"{path}: revision={revision!r} is for Hugging Face Hub ids, but {path} is a local "
+                              "path; pass a hub id (e.g. EleutherAI/pythia-160m) or drop the revision")
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
         raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
     if not _HUB_ID.fullmatch(path):
         raise CheckpointError(f"{path}: no such directory")
+    at = path if revision is None else f"{path} (revision {revision})"
     try:
         import huggingface_hub
     except ImportError:
-        raise CheckpointError(f"{path}: no such directory (to download it from the Hugging Face Hub, "
+        raise CheckpointError(f"{at}: no such directory (to download it from the Hugging Face Hub, "
                               "pip install huggingface_hub)") from None
     try:
-        return huggingface_hub.snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
+        local = huggingface_hub.snapshot_download(path, revision=revision,
+                                                  allow_patterns=["*.json", "*.safetensors", "*.jinja"])
     except Exception as e:
-        raise CheckpointError(f"{path}: not a local directory, and downloading it from the Hugging Face Hub "
-                              f"failed (offline?): {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"{at}: not a local directory, and downloading it from the Hugging Face Hub "
+                              f"failed (offline, or no such repository or revision?): {type(e).__name__}: {e}") from None
+    if not glob.glob(os.path.join(glob.escape(str(local)), "*.safetensors")):
+        raise CheckpointError(f"{at}: the hub snapshot ({local}) has no .safetensors weights (only PyTorch .bin "
+                              "files?); this loader reads safetensors only")
+    return str(local)
 
 
 def _is_run_dir(path) -> bool:

@@ -1,93 +1,84 @@
-"""Hugging Face config.json <-> ModelConfig for Llama, Mistral and Qwen2 (penzai-style whitelist).
+"""Hugging Face config.json <-> ModelConfig: the policy that accepts real files and never computes a
+different function silently.
 
-Every key is either mapped, known to be harmless, or checked to hold a value whose math we
-reproduce; any other key raises a ConfigError naming it, so a checkpoint never loads into the
-wrong function silently.
+Every key is mapped by its family's table (minimal_lm.hf_families), or checked by value (the values
+whose math we reproduce; any other value is an error naming the key), or ignored with one warning
+naming the ignored keys: metadata, token ids, training-only settings, generation defaults.
+`strict=True` turns that warning into an error.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 from minimal_lm.config import ConfigError, ModelConfig
-from minimal_lm.positions import rope_from_hf, rope_to_hf
+from minimal_lm.hf_families import COMMON_CHECKED, FAMILIES, Family
+from minimal_lm.positions import rope_to_hf
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
-_QKV_BIAS = {"llama": False, "mistral": False, "qwen2": True}
-_DEFAULT_MAX_POS = {"llama": 2048, "mistral": 32768, "qwen2": 32768}
-
-MAPPED = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-          "head_dim", "intermediate_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-          "rope_theta", "rope_scaling", "rope_parameters", "initializer_range"}
-HARMLESS = {
-    # metadata, token ids, training-only settings
-    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
-    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
-    "use_cache", "attention_dropout", "pretraining_tp", "max_window_layers",
-    "tokenizer_class", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task",
-    "task_specific_params", "prefix", "torchscript", "return_dict", "output_attentions",
-    "output_hidden_states", "use_return_dict", "is_decoder", "is_encoder_decoder", "add_cross_attention",
-    "tie_encoder_decoder", "chunk_size_feed_forward", "cross_attention_hidden_size", "pruned_heads",
-    # generation defaults stored in old config files
-    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
-    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
-    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
-    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
-    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
-    "suppress_tokens", "begin_suppress_tokens", "tf_legacy_loss", "use_bfloat16",
-}
-REQUIRED_VALUES = {
-    "hidden_act": (("silu", "swish"), "the SwiGLU MLP uses SiLU"),
-    "mlp_bias": ((False, None), "the MLP has no biases"),
-    "use_mrope": ((False, None), "multimodal RoPE is not supported"),
-    "partial_rotary_factor": ((1.0, 1, None), "HF Llama rotates whole heads"),
-}
-"""Keys whose other values change the math: key -> (allowed values, why)."""
-_POSITIVE_INTS = {"vocab_size": True, "hidden_size": True, "num_hidden_layers": True, "num_attention_heads": True,
-                  "intermediate_size": True, "num_key_value_heads": False, "head_dim": False,
-                  "max_position_embeddings": False, "sliding_window": False}
-"""Integer sizes: key -> required."""
-_POSITIVE_NUMBERS = ("rms_norm_eps", "initializer_range", "rope_theta")
-_BOOLS = ("tie_word_embeddings", "use_sliding_window", "attention_bias")
-_ROPE_INTS = ("original_max_position_embeddings",)
+ARCHITECTURES = {name: family.name for name, family in FAMILIES.items()}
+SILENT = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+          "bos_token_id", "eos_token_id", "pad_token_id", "use_cache"}
+"""Keys nearly every config has and no forward reads: ignored without a warning."""
 
 
-def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
-    """ModelConfig for an HF Llama/Mistral/Qwen2 config dict; unknown or unsupported keys, and values
-    of the wrong type or range, raise a ConfigError naming the key."""
-    if not isinstance(hf, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(hf).__name__}")
+class IgnoredConfigKeys(UserWarning):
+    """A config.json holds keys that minimal_lm does not read (they do not change the forward)."""
+
+
+def family_of(hf: dict, where: str = "config.json") -> Family:
     archs = hf.get("architectures") or []
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise ConfigError(f"{where}: architectures={archs!r}: expected a list of names")
-    supported = [a for a in archs if a in ARCHITECTURES]
+    supported = [a for a in archs if a in FAMILIES]
     if not supported:
-        raise ConfigError(f"{where}: architectures={archs!r} is not supported; expected one of "
-                          f"{', '.join(ARCHITECTURES)}")
-    family = ARCHITECTURES[supported[0]]
-    checked = {"attention_bias", "sliding_window", "use_sliding_window", "layer_types"}
-    unknown = sorted(set(hf) - MAPPED - HARMLESS - set(REQUIRED_VALUES) - checked)
-    if unknown:
-        raise ConfigError(f"{where}: key(s) {', '.join(unknown)} are not understood and may change the math; "
-                          "supported keys are listed in minimal_lm.hf_config")
+        raise ConfigError(f"{where}: architectures={archs!r} is not supported; expected one of {', '.join(FAMILIES)}")
+    return FAMILIES[supported[0]]
+
+
+def from_hf_config(hf: dict, where: str = "config.json", strict: bool = False) -> ModelConfig:
+    """ModelConfig for an HF config dict of a supported family. A math-changing key at a value we do not
+    reproduce, or a value of the wrong type, raises a ConfigError naming the key; keys we do not read
+    are listed in one IgnoredConfigKeys warning (a ConfigError with strict=True)."""
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(hf).__name__}")
+    family = family_of(hf, where)
+    checked = {**{k: v for k, v in COMMON_CHECKED.items() if k not in family.mapped}, **family.checked}
+    ignored = sorted(set(hf) - family.mapped - set(checked) - SILENT)
+    if ignored and strict:
+        raise ConfigError(f"{where}: key(s) {', '.join(ignored)} are not read by minimal_lm ({family.name} "
+                          "family); strict mode refuses them")
     _check_types(hf, where)
-    for key, (allowed, why) in REQUIRED_VALUES.items():
-        if key in hf and hf[key] not in allowed:
+    for key, (allowed, why) in checked.items():
+        if key in hf and not any(hf[key] is v if v is None or isinstance(v, bool) else hf[key] == v
+                                 for v in allowed):
             raise ConfigError(f"{where}: {key}={hf[key]!r} is not supported ({why}; expected one of {allowed})")
-    if family != "qwen2" and hf.get("attention_bias"):
-        raise ConfigError(f"{where}: attention_bias=true (biases on q/k/v and o_proj) is not supported")
-    max_pos = hf.get("max_position_embeddings") or _DEFAULT_MAX_POS[family]
-    _check_sliding_window(hf, family, max_pos, where)
-    fields = dict(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], num_kv_heads=hf.get("num_key_value_heads"),
-        head_dim=hf.get("head_dim"), mlp_dim=hf["intermediate_size"], max_seq_len=max_pos,
-        norm_eps=float(hf.get("rms_norm_eps") or 1e-6), init_std=float(hf.get("initializer_range") or 0.02),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=_QKV_BIAS[family], **rope_from_hf({k: v for k, v in hf.items() if v is not None}, where))
+    fields = family.read(hf, where)
+    if fields.get("head_dim") and fields["head_dim"] * fields["num_heads"] == fields["d_model"]:
+        fields["head_dim"] = None  # the default, so that v4 files (without it) and v5 rewrites compare equal
     try:
-        return ModelConfig(**fields)
+        cfg = ModelConfig(**fields)
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+    if ignored:
+        warnings.warn(IgnoredConfigKeys(f"{where}: ignoring key(s) {', '.join(ignored)} (not read by the "
+                                        f"{family.name} family; pass strict=True to refuse them)"), stacklevel=2)
+    return cfg
+
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window", "n_embd", "n_layer",
+                  "n_head", "n_inner", "n_positions", "ffn_dim", "num_layers", "num_heads", "window_size",
+                  "query_pre_attn_scalar", "word_embed_proj_dim")
+_POSITIVE_NUMBERS = ("rms_norm_eps", "initializer_range", "rope_theta", "layer_norm_epsilon", "layer_norm_eps",
+                     "init_std", "rotary_emb_base", "rotary_pct", "partial_rotary_factor", "attn_logit_softcapping",
+                     "final_logit_softcapping")
+_BOOLS = ("tie_word_embeddings", "use_sliding_window", "attention_bias", "mlp_bias", "use_parallel_residual",
+          "enable_bias", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "do_layer_norm_before")
+_ROPE_INTS = ("original_max_position_embeddings",)
+EXPORT_FIXED = ("norm", "norm_offset", "mlp", "activation", "out_bias", "mlp_bias", "parallel_residual",
+                "sandwich_norms", "qk_norm", "embed_scale", "attn_scale", "attn_softcap", "final_softcap",
+                "layer_windows", "position_offset")
+"""Family fields that a Llama/Qwen2 config.json cannot express: export needs their defaults."""
 
 
 def _check_types(hf, where):
@@ -98,13 +89,9 @@ def _check_types(hf, where):
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    for key, required in _POSITIVE_INTS.items():
+    for key in _POSITIVE_INTS:
         v = hf.get(key)
-        if v is None and not required:
-            continue
-        if key not in hf:
-            raise ConfigError(f"{where}: missing required key {key!r}")
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             fail(key, v, "a positive integer")
     v = hf.get("max_window_layers")
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
@@ -135,23 +122,15 @@ def _check_types(hf, where):
                 fail(f"{key}.{k}", v, "a positive number")
 
 
-def _check_sliding_window(hf, family, max_pos, where):
-    window = hf.get("sliding_window")
-    if window is None or window >= max_pos:
-        return
-    if family == "qwen2":
-        types = hf.get("layer_types")
-        used = (any(t != "full_attention" for t in types) if types is not None else
-                hf.get("use_sliding_window", False) and hf["num_hidden_layers"] > hf.get("max_window_layers", 0))
-        if not used:
-            return
-    raise ConfigError(f"{where}: sliding_window={window} is in use (less than max_position_embeddings={max_pos}); "
-                      "sliding-window attention is not supported")
-
-
 def to_hf_config(cfg: ModelConfig, dtype: str | None = None) -> dict:
     """An HF config.json for `cfg`: LlamaForCausalLM, or Qwen2ForCausalLM when q/k/v have biases
-    (HF Llama's attention_bias would also add an o_proj bias). Only RoPE models export."""
+    (HF Llama's attention_bias would also add an o_proj bias). Only RoPE models of the Llama form
+    (the defaults of every family field) export."""
+    plain = ModelConfig(vocab_size=cfg.vocab_size)
+    changed = [f for f in EXPORT_FIXED if getattr(cfg, f) != getattr(plain, f)]
+    if changed:
+        raise ConfigError(f"export writes Llama/Qwen2 checkpoints; {', '.join(f'{f}={getattr(cfg, f)!r}' for f in changed)} "
+                          "has no equivalent there")
     rope = rope_to_hf(cfg)
     dtype = dtype or cfg.param_dtype
     hf = {

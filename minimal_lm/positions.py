@@ -159,9 +159,10 @@ HF_ROPE_TYPES = {
 """HF rope_type -> (the rope parameter keys it needs, reader of those into ModelConfig fields)."""
 
 
-def rope_from_hf(hf: dict, where: str = "config.json") -> dict:
-    """ModelConfig fields (position, rope_theta, rope_scaling) from an HF config's `rope_parameters`
-    (transformers v5) or `rope_theta` + `rope_scaling` (v4). Unknown rope types or keys raise."""
+def rope_from_hf(hf: dict, where: str = "config.json", partial: bool = False) -> dict:
+    """ModelConfig fields (position, rope_theta, rope_scaling; rope_fraction when the family rotates
+    part of each head) from an HF config's `rope_parameters` (transformers v5) or `rope_theta` +
+    `rope_scaling` (v4). Unknown rope types or keys, and partial rotation elsewhere, raise."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     if not isinstance(params, dict):
@@ -179,14 +180,18 @@ def rope_from_hf(hf: dict, where: str = "config.json") -> dict:
     harmless = {"rope_type", "type", "rope_theta"}
     if params.get("attention_factor", 1.0) == 1.0:
         harmless.add("attention_factor")
-    if params.get("partial_rotary_factor", 1.0) == 1.0:
-        harmless.add("partial_rotary_factor")
+    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if fraction != 1.0 and not partial:
+        raise ConfigError(f"{where}: partial_rotary_factor={fraction!r} is not supported for this family "
+                          "(it rotates whole heads)")
+    harmless.add("partial_rotary_factor")
     unknown = sorted(set(params) - harmless - set(known))
     if unknown:
         raise ConfigError(f"{where}: {key} key(s) {', '.join(unknown)} (rope_type {rope_type!r}) change the "
                           "rotation and are not supported")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    return {"position": "rope", "rope_theta": float(theta), **read(params)}
+    fields = {"position": "rope", "rope_theta": float(theta), **read(params)}
+    return {**fields, "rope_fraction": float(fraction)} if partial else fields
 
 
 def rope_to_hf(cfg: ModelConfig) -> dict:

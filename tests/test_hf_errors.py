@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from hf_testlib import save, tiny_hf
 from minimal_lm import CheckpointError, ConfigError, from_pretrained
-from minimal_lm.hf_config import from_hf_config
+from minimal_lm.hf_config import IgnoredConfigKeys, from_hf_config
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +149,19 @@ def llama(base):
 
 
 @pytest.mark.parametrize("changes, match", [
-    (dict(architectures=["GPT2LMHeadModel"]), r"architectures=\['GPT2LMHeadModel'\] is not supported"),
+    (dict(architectures=["BertForMaskedLM"]), r"architectures=\['BertForMaskedLM'\] is not supported"),
     (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
      r"rope_parameters\.rope_type='yarn' is not supported"),
     (dict(rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0}),
      r"rope_scaling\.rope_type='dynamic' is not supported"),
     (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}),
      r"needs low_freq_factor, high_freq_factor, original_max_position_embeddings"),
-    (dict(final_logit_softcapping=30.0), r"key\(s\) final_logit_softcapping are not understood"),
-    (dict(hidden_act="gelu"), r"hidden_act='gelu' is not supported"),
-    (dict(attention_bias=True), r"attention_bias=true"),
+    (dict(final_logit_softcapping=30.0), r"final_logit_softcapping=30\.0 is not supported \(this family has no"),
+    (dict(hidden_act="gelu_fast"), r"hidden_act='gelu_fast' is not supported"),
+    (dict(rope_interleaved=True), r"rope_interleaved=True is not supported \(only the rotate_half"),
+    (dict(quantization_config={"quant_method": "gptq"}), r"quantization_config=.* is not supported"),
+    (dict(pretraining_tp=2), r"pretraining_tp=2 is not supported"),
+    (dict(sliding_window=64), r"sliding_window=64 is not supported \(this family has no sliding window"),
     (dict(partial_rotary_factor=0.5), r"partial_rotary_factor=0\.5"),
     (dict(num_attention_heads=3), r"num_heads=3 is not divisible by num_kv_heads=2|not divisible"),
 ])
@@ -167,14 +170,30 @@ def test_config_errors_name_the_key(llama, changes, match):
         from_hf_config({**llama, **changes})
 
 
-def test_sliding_window_in_use(llama):
+def test_sliding_windows_map_per_layer(llama):
+    """Windows become layer_windows where they bind, and nothing where they never do."""
+    llama = {**llama, "num_hidden_layers": 2}
     mistral = {**llama, "architectures": ["MistralForCausalLM"], "model_type": "mistral"}
-    with pytest.raises(ConfigError, match=r"sliding_window=64 is in use .*max_position_embeddings=512"):
-        from_hf_config({**mistral, "sliding_window": 64})
-    assert from_hf_config({**mistral, "sliding_window": 4096}).max_seq_len == 512
-    qwen = {**llama, "architectures": ["Qwen2ForCausalLM"], "sliding_window": 64, "max_window_layers": 0}
-    with pytest.raises(ConfigError, match="sliding_window=64 is in use"):
-        from_hf_config({**qwen, "layer_types": ["sliding_attention"]})
-    with pytest.raises(ConfigError, match="sliding_window=64 is in use"):
-        from_hf_config({**qwen, "use_sliding_window": True})
-    assert from_hf_config({**qwen, "use_sliding_window": False}).qkv_bias
+    assert from_hf_config({**mistral, "sliding_window": 64}).layer_windows == (64, 64)
+    assert from_hf_config({**mistral, "sliding_window": 4096}).layer_windows is None
+    assert from_hf_config({**mistral, "sliding_window": None}).layer_windows is None
+    qwen = {**llama, "architectures": ["Qwen2ForCausalLM"], "sliding_window": 64, "max_window_layers": 1}
+    assert from_hf_config({**qwen, "use_sliding_window": True}).layer_windows == (0, 64)
+    assert from_hf_config({**qwen, "use_sliding_window": False}).layer_windows is None
+    types = {**qwen, "use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"]}
+    assert from_hf_config(types).layer_windows == (64, 0)
+    with pytest.raises(ConfigError, match=r"layer_types has 1 entries, expected num_hidden_layers=2"):
+        from_hf_config({**types, "layer_types": ["sliding_attention"]})
+    with pytest.raises(ConfigError, match=r"layer_types 'chunked_attention' are not supported"):
+        from_hf_config({**types, "layer_types": ["chunked_attention", "full_attention"]})
+
+
+def test_unread_keys_warn_once_and_strict_refuses(llama):
+    hf = {**llama, "is_llama_config": True, "transformers.js_config": {"dtype": "q4"}, "unk_token_id": 0}
+    with pytest.warns(IgnoredConfigKeys) as caught:
+        cfg = from_hf_config(hf, "m/config.json")
+    assert cfg == from_hf_config(llama)
+    assert len(caught) == 1 and "is_llama_config, transformers.js_config, unk_token_id" in str(caught[0].message)
+    assert "m/config.json" in str(caught[0].message)
+    with pytest.raises(ConfigError, match=r"m/config.json: key\(s\) .*is_llama_config.* strict mode refuses them"):
+        from_hf_config(hf, "m/config.json", strict=True)
