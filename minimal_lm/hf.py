@@ -247,8 +247,8 @@ def _resolve(path: str, revision: str | None = None) -> str:
         local = huggingface_hub.snapshot_download(path, revision=revision,
                                                   allow_patterns=["*.json", "*.safetensors", "*.jinja"])
     except Exception as e:
-        raise CheckpointError(f"{at}: not a local directory, and downloading it from the Hugging Face Hub "
-                              f"failed (offline, or no such repository or revision?): {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"{at}: not a local directory, and downloading it from the Hugging Face Hub failed "
+                              f"(offline, or no such repository or revision?): {type(e).__name__}: {e}") from None
     if not glob.glob(os.path.join(glob.escape(str(local)), "*.safetensors")):
         raise CheckpointError(f"{at}: the hub snapshot ({local}) has no .safetensors weights (only PyTorch .bin "
                               "files?); this loader reads safetensors only")

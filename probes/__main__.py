@@ -8,7 +8,8 @@ import sys
 
 from minimal_lm.run_dir import refuse_file_as_dir
 
-COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd", "probes.study_cmd", "probes.report_cmd")
+COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd", "probes.study_cmd", "probes.report_cmd",
+            "probes.checkpoints_cmd")
 
 
 def main(argv=None) -> int:

@@ -138,9 +138,11 @@ def loss_figure(metrics: dict, path, *, entropy: float | None = None):
     return _save(fig, path)
 
 
-def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool, title: str = ""):
+def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool, title: str = "",
+                     log_steps: bool = False):
     """Max ratio (top row) and low-frequency share of top-k mass (bottom row) per layer against step, one
-    column per site; dotted: each layer's step-0 value."""
+    column per site; dotted: each layer's step-0 value. `log_steps`: a symmetric-log step axis (linear
+    below 1, so step 0 shows), for log-spaced checkpoints."""
     sites = [s for s in sites_for(rotated) if s in records[0].summary]
     fig, axes = plt.subplots(2, len(sites), figsize=(2.7 * len(sites), 4.8), squeeze=False, sharex=True)
     for col, site in enumerate(sites):
@@ -158,7 +160,10 @@ def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool,
                 ax.axhline(chance, color="gray", ls="--", lw=0.8, label=f"chance {chance:.2f}")
                 ax.set_ylim(-0.02, 1.02)
                 ax.set_xlabel("step")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+            if log_steps:
+                ax.set_xscale("symlog", linthresh=1)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
     axes[0, 0].set_ylabel("max M / head mean")
     axes[1, 0].set_ylabel("low-freq share (top-k)")
     handles, names = axes[0, 0].get_legend_handles_labels()

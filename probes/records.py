@@ -34,6 +34,12 @@ def record_dir(run_dir) -> Path:
     return Path(run_dir) / "probes"
 
 
+def make_record(step: int, tokens_seen: int, norms: dict, freq: dict, lam: float = 5.0, k: int = 1) -> Record:
+    """A record of norm matrices (site -> [L, heads, head_dim]) with their per-layer summaries."""
+    norms = {s: np.asarray(m, np.float32) for s, m in norms.items()}
+    return Record(int(step), int(tokens_seen), norms, {s: summarize(m, freq, lam, k) for s, m in norms.items()})
+
+
 def write_record(run_dir, record: Record) -> Path:
     out = record_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +93,7 @@ class TrainingProbe:
     def measure(self, params, step: int, tokens_seen: int) -> Record:
         sq = sum_squares(params, self.tokens_BT, self.mask_BT, self.cfg, self.sites)
         norms = {s: np.sqrt(np.asarray(sq[s], np.float64)).astype(np.float32) for s in self.sites}
-        summary = {s: summarize(norms[s], self.freq, self.lam, self.k) for s in self.sites}
-        return Record(int(step), int(tokens_seen), norms, summary)
+        return make_record(step, tokens_seen, norms, self.freq, self.lam, self.k)
 
     def __call__(self, run_dir, params, step: int, tokens_seen: int) -> Record:
         record = self.measure(params, step, tokens_seen)

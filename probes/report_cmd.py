@@ -1,7 +1,8 @@
 """`python -m probes report DIR`: the study report (or one run's) from saved records and results only,
 no training: loss curves, emergence curves against the step-0 record, Figure-2 heatmaps at chosen steps,
 the disruption table and an auto-written summary. DIR is a study directory (study.json; writes
-DIR/index.html) or a run directory with probes/ (writes DIR/report/index.html)."""
+DIR/index.html), a run directory with probes/ (writes DIR/report/index.html) or a checkpoints directory
+of `python -m probes checkpoints` (checkpoints.json; writes DIR/index.html)."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,13 @@ CANNOT = ("What it cannot show: the paper's claims are about models trained on b
 
 
 def write_report(path) -> Path:
-    """Regenerate figures and index.html for a study or run directory; returns index.html's path."""
+    """Regenerate figures and index.html for a study, run or checkpoints directory (probes.checkpoints);
+    returns index.html's path."""
     path = Path(path)
+    from probes import checkpoints
+
+    if checkpoints.is_checkpoints_dir(path):
+        return checkpoints.write_report(path)
     if (path / "study.json").is_file():
         settings = _read_json(path / "study.json")
         out, runs = path, {s: path / s for s in settings["study"]["schemes"]}
@@ -38,7 +44,8 @@ def write_report(path) -> Path:
                     "study": _read_json(parent)["study"] if parent.is_file() else {}}
         out, runs = path / "report", {path.name: path}
     else:
-        raise FileNotFoundError(f"{path}: neither a study directory (study.json) nor a run directory (config.json)")
+        raise FileNotFoundError(f"{path}: neither a study directory (study.json), a run directory (config.json) nor "
+                                f"a checkpoints directory ({checkpoints.SETTINGS})")
     st = {**DEFAULTS, **settings.get("study", {})}
     data = {name: _load(run_dir, st) for name, run_dir in runs.items()}
     present = {n: d for n, d in data.items() if d}
@@ -59,7 +66,7 @@ def write_report(path) -> Path:
             f, out, "Largest max ratio over layers of Q and K (after rotation for RoPE) and V, per scheme; hollow "
             "circles: step 0 (random init); dashed: λ.")]))
     for name, d in present.items():
-        sections.append(_scheme_section(name, d, st, out, figs))
+        sections.append(emergence_section(name, d, st, out, figs))
     sections += _disruption_sections(present, out, figs)
     sections.append(_cost_section(present))
     if settings.get("command"):
@@ -123,13 +130,16 @@ def _heatmap_layers(n_layers, wanted):
     return list(wanted) if wanted else list(range(n_layers)) if n_layers <= 4 else [0, n_layers // 2, n_layers - 1]
 
 
-def _scheme_section(name, d, st, out, figs):
+def emergence_section(name, d, st, out, figs):
+    """One series' emergence figure, Figure-2 heatmaps at st["heatmap_steps"] and per-layer table. `d` holds
+    records, summary (emergence.summarize), freq (massive.frequency_map) and model (a ModelConfig)."""
     records, rotated = d["records"], d["freq"]["rotated"]
     title = em.label(name)
     if not records:
         return Section(title, paragraphs=["No probe records (probes/ is empty): nothing to draw but the loss."])
     figures = [_fig(em.emergence_figure(records, figs / f"{name}_emergence.png", lam=st["lam"],
-                                        chance=d["freq"]["chance_share"], rotated=rotated, title=title), out,
+                                        chance=d["freq"]["chance_share"], rotated=rotated, title=title,
+                                        log_steps=st.get("log_steps", False)), out,
                     f"{title}: max ratio and low-frequency share of top-{st['top_k']} mass per layer against step; "
                     "dotted lines: each layer's step-0 value; dashed: λ (top) and chance (bottom).")]
     by_step = {r.step: r for r in records}
@@ -137,7 +147,8 @@ def _scheme_section(name, d, st, out, figs):
     for step in _heatmap_steps(records, st["heatmap_steps"]):
         f = em.heatmap_figure(by_step[step], figs / f"{name}_heatmap_step{step}.png", layers=layers, rotated=rotated,
                               low_E=d["freq"]["low_E"], title=f"{title}, step {step}")
-        figures.append(_fig(f, out, f"{title}, step {step} ({by_step[step].tokens_seen:,} tokens): M[head, dim] "
+        seen = f" ({by_step[step].tokens_seen:,} tokens)" if by_step[step].tokens_seen > 0 else ""
+        figures.append(_fig(f, out, f"{title}, step {step}{seen}: M[head, dim] "
                                     "per layer and site (the paper's Figure 2)" +
                             ("; red marks: lowest-frequency quarter" if rotated else "")))
     rows = []
@@ -202,7 +213,7 @@ def _cost_section(present):
 
 def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
     present = {n: d for n, d in data.items() if d}
-    lam, out = st["lam"], []
+    out = []
     losses = {n: next((m["eval_loss"] for m in reversed(d["metrics"]) if "eval_loss" in m), None)
               for n, d in present.items()}
     entropy = settings.get("unigram_entropy")
@@ -213,6 +224,20 @@ def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
     out.append(f"Trained {len(present)} scheme(s) for {step}{of} steps ({step * t['batch_size'] * t['seq_len']:,} "
                f"tokens each). " + (f"Last eval loss: {known}" if known else "No evaluation yet")
                + (f" (unigram entropy {entropy:.3f}: below it, a model uses context)." if entropy else "."))
+    out += emergence_paragraphs(present, st)
+    out.append(_disruption_summary(present))
+    out.append("What this run can show: whether, over these steps, Q and K concentrate their norm in a few dims "
+               "more than V does, whether that differs between positional schemes, and when it starts, always "
+               "against the random-init record at step 0; and how the final models' accuracy changes when those "
+               "dims are disrupted. " + CANNOT)
+    return out
+
+
+def emergence_paragraphs(present: dict, st: dict) -> list[str]:
+    """The summary's sentences on massive values, per series (name -> the dict emergence_section takes):
+    max ratio of Q, K and V at step 0 and at the end, which series grew a massive dim, Q/K against V, and
+    the low-frequency share before and after rotation against step 0."""
+    lam, out = st["lam"], []
     massive = []
     for n, d in present.items():
         s = d["summary"]
@@ -245,11 +270,6 @@ def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
                        f"{mean('k_pre', 'lowfreq_final'):.2f}. The after-rotation value at step 0 is the bias of "
                        "the rotation itself, not something learned."
                        + _agreement(x, int(d["freq"]["freq_E"].max())))
-    out.append(_disruption_summary(present))
-    out.append("What this run can show: whether, over these steps, Q and K concentrate their norm in a few dims "
-               "more than V does, whether that differs between positional schemes, and when it starts, always "
-               "against the random-init record at step 0; and how the final models' accuracy changes when those "
-               "dims are disrupted. " + CANNOT)
     return out
 
 
@@ -335,9 +355,9 @@ def _points(acc, mode, kind):
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="regenerate a study's (or run's) figures and index.html from saved "
-                              "records and results", description=__doc__)
-    p.add_argument("dir", metavar="RUN_DIR_OR_STUDY_DIR")
+    p = subparsers.add_parser("report", help="regenerate a study's (or run's, or checkpoint series') figures and "
+                              "index.html from saved records and results", description=__doc__)
+    p.add_argument("dir", metavar="DIR", help="a study, run or checkpoints directory")
     p.set_defaults(func=run)
 
 
