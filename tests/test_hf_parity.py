@@ -1,5 +1,7 @@
-"""Loaded HF checkpoints reproduce transformers (float32, eager attention): logits and every layer's
-q/k/v before and after RoPE, on 256-token prompts, max abs error <= 1e-4."""
+"""Loaded HF checkpoints of every supported family reproduce transformers (float32, eager attention):
+logits, every layer's q/k/v before and after the q/k norm and the rotation, and the attention
+probabilities, on 256-token prompts (longer than every window), max abs error <= 1e-4; greedy
+generation token for token; the KV cache equals full recomputation."""
 import json
 
 import jax
@@ -9,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_testlib import hf_sites, save, tiny_hf
-from minimal_lm import Llama3Scaling, forward, from_pretrained
+from hf_testlib import generate_hf, hf_layer_windows, hf_sites, save, tiny_hf
+from minimal_lm import Llama3Scaling, forward, from_pretrained, generate
 from minimal_lm.hf_config import from_hf_config
 
 TOL = 1e-4
@@ -22,15 +24,38 @@ CASES = {
     "llama_full_kv_head_dim": ("llama", dict(num_key_value_heads=4, head_dim=24)),
     "mistral": ("mistral", dict(num_key_value_heads=2)),
     "qwen2_bias": ("qwen2", dict(num_key_value_heads=2)),
+    "llama_attention_mlp_bias": ("llama", dict(attention_bias=True, mlp_bias=True)),
+    "mistral_window": ("mistral", dict(sliding_window=24)),
+    "qwen2_window": ("qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=1)),
+    "qwen3_qk_norm": ("qwen3", dict(tie_word_embeddings=True)),
+    "gemma2": ("gemma2", {}),
+    "gpt2": ("gpt2", {}),
+    "opt": ("opt", {}),
+    "gpt_neo": ("gpt_neo", {}),
+    "gpt_neox": ("gpt_neox", {}),
 }
-SITES = ("q_pre", "k_pre", "q", "k", "v")
+SITES = ("q_proj", "k_proj", "q_pre", "k_pre", "q", "k", "v", "attn_probs")
 
 
-def capture(site, layer, x):
-    return x if site in SITES else None
+class Capture:
+    """Keeps every site it names, attention probabilities included (a hook asks for them by name)."""
+
+    sites = SITES
+
+    def __call__(self, site, layer, x):
+        return x if site in SITES else None
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return isinstance(other, Capture)
 
 
+capture = Capture()
 _forward = jax.jit(forward, static_argnames=("cfg", "capture"))
+_cached = jax.jit(lambda params, tokens_BT, positions_BT, cache, cfg: forward(
+    params, tokens_BT, cfg, positions_BT=positions_BT, cache=cache), static_argnames=("cfg",))
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -57,17 +82,53 @@ def test_logits_and_qkv_match_hf(case):
             assert err <= TOL, f"{name}: {site} of layer {layer} differs by {err}"
 
 
+def test_windows_as_hf_applies_them(case):
+    name, model, path, pre = case
+    hf_windows = tuple(0 if w >= pre.config.max_seq_len else w for w in hf_layer_windows(model))  # never binds
+    assert (pre.config.layer_windows or (0,) * pre.config.num_layers) == hf_windows
+    if "window" in name or name in ("gemma2", "gpt_neo"):
+        assert any(0 < w < 256 for w in hf_windows), "the test prompts must be longer than a window"
+
+
+def test_greedy_generation_matches_hf(case):
+    """Left-padded prompts of two lengths, longer than every window, 24 new tokens each."""
+    name, model, path, pre = case
+    rng = np.random.RandomState(1)
+    prompts = [rng.randint(3, pre.config.vocab_size, n).tolist() for n in (70, 41)]
+    assert generate(pre.params, pre.config, prompts, 24) == generate_hf(model, prompts, 24)
+
+
+def test_kv_cache_equals_full_recomputation(case):
+    """Logits of one cached prefill + decode steps equal those of the whole sequence without a cache."""
+    name, model, path, pre = case
+    from minimal_lm import init_cache
+
+    cfg = pre.config
+    tokens_BT = jnp.asarray(np.random.RandomState(2).randint(0, cfg.vocab_size, (2, 80)))
+    full = np.asarray(_forward(pre.params, tokens_BT, cfg=cfg, capture=None).logits)
+    cache = init_cache(cfg, 2, 96)
+    out = _cached(pre.params, tokens_BT[:, :60], jnp.arange(60)[None].repeat(2, 0), cache, cfg=cfg)
+    steps = [np.asarray(out.logits)]
+    cache = out.cache
+    for t in range(60, 80):
+        o = _cached(pre.params, tokens_BT[:, t:t + 1], jnp.full((2, 1), t), cache, cfg=cfg)
+        steps.append(np.asarray(o.logits))
+        cache = o.cache
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4, rtol=0)
+
+
 def test_config_mapping(case):
     name, model, path, pre = case
     c, cfg = model.config, pre.config
-    assert (cfg.num_heads, cfg.kv_heads, cfg.d_model, cfg.hidden_dim) == (
-        c.num_attention_heads, c.num_key_value_heads, c.hidden_size, c.intermediate_size)
-    assert cfg.dim_per_head == (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    assert (cfg.num_heads, cfg.d_model, cfg.num_layers) == (c.num_attention_heads, c.hidden_size, c.num_hidden_layers)
     assert cfg.tie_embeddings == c.tie_word_embeddings and ("unembed" in pre.params) != cfg.tie_embeddings
-    assert cfg.qkv_bias == name.startswith("qwen2")
-    assert cfg.max_seq_len == c.max_position_embeddings and cfg.norm_eps == c.rms_norm_eps
-    assert cfg.rope_scaling == (Llama3Scaling(8.0, 1.0, 4.0, 64) if "llama3" in name else None)
     assert cfg.dtype == cfg.param_dtype == "float32"
+    if CASES[name][0] in ("llama", "mistral", "qwen2", "qwen3"):
+        assert (cfg.kv_heads, cfg.hidden_dim) == (c.num_key_value_heads, c.intermediate_size)
+        assert cfg.dim_per_head == (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        assert cfg.qkv_bias == (name.startswith("qwen2") or name.startswith("llama_attention"))
+        assert cfg.max_seq_len == c.max_position_embeddings and cfg.norm_eps == c.rms_norm_eps
+        assert cfg.rope_scaling == (Llama3Scaling(8.0, 1.0, 4.0, 64) if "llama3" in name else None)
 
 
 def test_v4_config_spelling_reads_the_same(tmp_path):
