@@ -155,3 +155,28 @@ def test_bf16_stays_bf16_and_dtype_converts(tmp_path):
     assert f32.config.dtype == "float32" and f32.params["embed"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(f32.params["embed"]),
                                   np.asarray(pre.params["embed"]).astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_missing_or_misshaped_tensor_is_named(case, tmp_path):
+    """For every family: drop one layer tensor, then give another a wrong shape; the error names it."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from minimal_lm import CheckpointError
+
+    name, model, path, pre = case
+    tensors = load_file(f"{path}/model.safetensors")
+    layer = sorted(n for n in tensors if ".1." in n and n.endswith(".weight") and tensors[n].ndim == 2)
+    dropped, bent = layer[0], layer[-1]
+    for label, change, match in [
+        ("missing", lambda t: t.pop(dropped), rf"missing tensor\(s\) {dropped}"),
+        ("shape", lambda t: t.__setitem__(bent, t[bent][:, :-1].copy()), rf"tensor '{bent}' has shape"),
+    ]:
+        d = tmp_path / label
+        shutil.copytree(path, d)
+        bad = dict(tensors)
+        change(bad)
+        save_file(bad, str(d / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match=match):
+            from_pretrained(d)
