@@ -41,7 +41,9 @@ def test_export_round_trip(name, tmp_path):
     assert np.abs(ours - ref).max() <= 1e-4
 
     back = from_pretrained(tmp_path)
-    assert back.config == cfg.replace(mlp_dim=cfg.hidden_dim, head_dim=cfg.dim_per_head, num_kv_heads=cfg.kv_heads)
+    default_head = cfg.dim_per_head * cfg.num_heads == cfg.d_model  # read back as head_dim=None, the default
+    assert back.config == cfg.replace(mlp_dim=cfg.hidden_dim, head_dim=None if default_head else cfg.dim_per_head,
+                                      num_kv_heads=cfg.kv_heads)
     jax.tree.map(np.testing.assert_array_equal, back.params, params)
 
 
