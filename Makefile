@@ -1,4 +1,4 @@
-# The two README commands: `make demo` (the main job) and `make test` (the suite).
+# The two README commands: `make demo` (the main job) and `make test` (the suite); `make lint` is ruff.
 # Each creates its own virtual environment in .venv on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: demo test test-slow install
+.PHONY: demo test test-slow lint install
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -22,3 +22,6 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

@@ -38,11 +38,10 @@ def hf_config(s: dict):
 def write_checkpoint(path: str, s: dict, shard_bytes: int) -> int:
     """HF-layout sharded checkpoint (index + shards + config.json) of random bf16 weights; its bytes."""
     import torch
+    import transformers
     from safetensors.torch import save_file
     from tqdm import tqdm
     from transformers import LlamaForCausalLM
-
-    import transformers
 
     cfg = hf_config(s)
     cfg.architectures = ["LlamaForCausalLM"]

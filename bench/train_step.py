@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import sys
 
-from common import H100_PEAK_FLOPS, Report, emit, full_mode, jax_sync, parser, run_side, summary, timed, \
-    torch_device, torch_sync
+from common import (
+    H100_PEAK_FLOPS,
+    Report,
+    emit,
+    full_mode,
+    jax_sync,
+    parser,
+    run_side,
+    summary,
+    timed,
+    torch_device,
+    torch_sync,
+)
 
 VARIANTS = ("scan/none", "scan/dots", "unroll/none", "unroll/dots")
 

@@ -1,10 +1,11 @@
 """Command line: generate text, dump logits, export to Hugging Face.
 
-  python -m minimal_lm generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N]
-  python -m minimal_lm logits --model PATH --text-file F --out F.npy
-  python -m minimal_lm export --model RUN_DIR --out HF_DIR
+  python -m minimal_lm generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N] [--strict]
+  python -m minimal_lm logits --model PATH --text-file F --out F.npy [--strict]
+  python -m minimal_lm export --model RUN_DIR --out HF_DIR [--strict]
 
-PATH is an HF checkpoint directory, a hub id (with huggingface_hub installed) or a run directory.
+PATH is an HF checkpoint directory, a hub id (with huggingface_hub installed) or a run directory. Keys of its
+config.json that minimal_lm does not read are named in one warning line; --strict refuses them (exit code 2).
 """
 from __future__ import annotations
 
@@ -16,23 +17,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minimal_lm.cli import STRICT_HELP, warnings_as_lines
 from minimal_lm.config import ConfigError
+from minimal_lm.files import refuse_file_as_dir
 from minimal_lm.generate import generate
 from minimal_lm.hf import from_pretrained, save_hf
 from minimal_lm.model import forward
-from minimal_lm.run_dir import refuse_file_as_dir
 from minimal_lm.safetensors_io import CheckpointError
 
 
 def main(argv=None):
     """Bad input (a missing path, a malformed checkpoint or config, a bad value) exits with code 2 and
-    one line naming it, like argparse's own usage errors."""
+    one line naming it, like argparse's own usage errors; our warnings (e.g. ignored config keys) are one
+    "python -m minimal_lm COMMAND: warning: ..." line each on stderr."""
     parser = _parser()
     args = parser.parse_args(argv)
+    prog = f"python -m minimal_lm {args.command}"
     try:
-        args.run(args)
+        with warnings_as_lines(prog):
+            args.run(args)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"python -m minimal_lm {args.command}: error: {e}\n")
+        parser.exit(2, f"{prog}: error: {e}\n")
 
 
 def _parser():
@@ -49,6 +54,7 @@ def _parser():
     g.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: the checkpoint's)")
+    g.add_argument("--strict", action="store_true", help=STRICT_HELP)
     g.set_defaults(run=_generate)
 
     lg = sub.add_parser("logits", help="save float32 logits [T, V] of every position of a text")
@@ -58,6 +64,7 @@ def _parser():
     lg.add_argument("--ids-out", help="optional .npy file for the token ids")
     lg.add_argument("--no-special-tokens", action="store_true", help="do not add BOS/EOS when encoding")
     lg.add_argument("--dtype")
+    lg.add_argument("--strict", action="store_true", help=STRICT_HELP)
     lg.set_defaults(run=_logits)
 
     e = sub.add_parser("export", help="write a RoPE model as a Hugging Face Llama directory")
@@ -65,19 +72,20 @@ def _parser():
     e.add_argument("--out", required=True)
     e.add_argument("--dtype", help="dtype of the exported weights (default: the model's)")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out directory")
+    e.add_argument("--strict", action="store_true", help=STRICT_HELP)
     e.set_defaults(run=_export)
     return p
 
 
-def _load(path, dtype=None):
-    pre = from_pretrained(path, dtype=dtype)
+def _load(path, dtype=None, strict=False):
+    pre = from_pretrained(path, dtype=dtype, strict=strict)
     if pre.tokenizer is None:
         raise CheckpointError(f"{path}: no tokenizer.json, so text cannot be encoded")
     return pre
 
 
 def _generate(args):
-    cfg, params, tok = _load(args.model, args.dtype)
+    cfg, params, tok = _load(args.model, args.dtype, args.strict)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
@@ -90,7 +98,7 @@ def _generate(args):
 
 
 def _logits(args):
-    cfg, params, tok = _load(args.model, args.dtype)
+    cfg, params, tok = _load(args.model, args.dtype, args.strict)
     with open(args.text_file, encoding="utf-8") as f:
         ids = tok.encode(f.read(), add_special_tokens=not args.no_special_tokens)
     if not ids:
@@ -119,7 +127,7 @@ def _export(args):
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
         raise ValueError(f"--out {out} is not empty (holds {held}); choose a new directory or pass --overwrite")
-    cfg, params, tok = from_pretrained(args.model)
+    cfg, params, tok = from_pretrained(args.model, strict=args.strict)
     save_hf(args.out, cfg, params, tokenizer=tok, dtype=args.dtype)
     print(f"{args.out}: {cfg.num_layers}-layer {cfg.d_model}-wide model exported", file=sys.stderr)
 

@@ -129,7 +129,8 @@ class ModelConfig:
                     or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in w)):
                 raise ConfigError(f"layer_windows={w!r}: expected {self.num_layers} integers >= 0 (one per layer, "
                                   "0 = full attention) or null")
-        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) or self.position_offset < 0:
+        offset = self.position_offset
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ConfigError(f"position_offset={self.position_offset!r}: expected an integer >= 0")
 
     @property

@@ -1,7 +1,9 @@
 """Batched generation: left-padded prompts, a static-shape KV cache, one jit for prefill + decode loop.
 
 The intervention hook can act on the prompt only ("prefill", the paper's scope: the cached prompt
-keys are the ablated ones), on generated tokens only ("decode"), or on both ("all").
+keys are the ablated ones), on generated tokens only ("decode"), or on both ("all"). The hook is a traced
+argument of the one jitted program (a pytree, see minimal_lm.hooks): a new hook value of the same
+structure (other dims, values, patches) reuses the compiled program.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minimal_lm.config import ModelConfig
+from minimal_lm.hooks import as_hook
 from minimal_lm.model import forward, init_cache
 
 SCOPES = ("all", "prefill", "decode")
@@ -27,6 +30,8 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
     top_k logits when top_k > 0. Prompts are left-padded to a multiple of 32 tokens so that nearby
     lengths share one compiled program; padding never changes the result (a hook that reduces over
     the sequence should define bind(mask_BT) to skip padded positions, as forward documents).
+    The intervention is traced (a pytree hook, or a plain function wrapped by minimal_lm.hooks.as_hook and
+    then compiled once per function object).
     """
     if intervene_on not in SCOPES:
         raise ValueError(f"intervene_on={intervene_on!r}: expected one of {', '.join(SCOPES)}")
@@ -48,21 +53,21 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
     mask_BP = np.zeros((len(prompts_tokens), P), bool)
     for b, p in enumerate(prompts_tokens):
         tokens_BP[b, P - len(p):], mask_BP[b, P - len(p):] = p, True
-    intervention = _hashable(intervention)
-    prefill_iv = intervention if intervene_on in ("all", "prefill") else None
-    decode_iv = intervention if intervene_on in ("all", "decode") else None
+    hook = as_hook(intervention)
     eos_E = jnp.array([int(e) for e in eos_ids] or [-1], jnp.int32)
     out_BN, lengths_B = _generate(
         params, jnp.asarray(tokens_BP), jnp.asarray(mask_BP), jax.random.key(seed), eos_E,
-        jnp.float32(temperature), jnp.int32(top_k), cfg=cfg, max_new_tokens=max_new_tokens,
-        prefill_iv=prefill_iv, decode_iv=decode_iv)
+        jnp.float32(temperature), jnp.int32(top_k), hook, cfg=cfg, max_new_tokens=max_new_tokens,
+        intervene_on=intervene_on if hook is not None else "all")
     out_BN, lengths_B = np.asarray(out_BN), np.asarray(lengths_B)
     return [out_BN[b, :lengths_B[b]].tolist() for b in range(len(prompts_tokens))]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "prefill_iv", "decode_iv"))
-def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, *, cfg, max_new_tokens, prefill_iv,
-              decode_iv):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "intervene_on"))
+def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, hook, *, cfg, max_new_tokens,
+              intervene_on):
+    prefill_iv = hook if intervene_on in ("all", "prefill") else None
+    decode_iv = hook if intervene_on in ("all", "decode") else None
     B, P = tokens_BP.shape
     cache = init_cache(cfg, B, P + max_new_tokens)
     out = forward(params, tokens_BP, cfg, mask_BT=mask_BP, cache=cache, intervention=prefill_iv, last_only=True)
@@ -89,34 +94,6 @@ def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, *, cfg
     state = (jnp.int32(1), out.cache, tok_B, pos_B, done_B, out_BN, jnp.ones((B,), jnp.int32), key)
     state = jax.lax.while_loop(cond, body, state)
     return state[5], state[6]
-
-
-class _ById:
-    """A hook that jit can take as a static argument when it is not hashable itself (e.g. it holds
-    arrays): equal only to a wrapper of the same object, so reusing the object reuses the program."""
-
-    def __init__(self, hook):
-        self.hook = hook
-
-    def __call__(self, site, layer, x):
-        return self.hook(site, layer, x)
-
-    def __getattr__(self, name):  # exposes the hook's bind() to forward
-        return getattr(self.hook, name)
-
-    def __eq__(self, other):
-        return isinstance(other, _ById) and other.hook is self.hook
-
-    def __hash__(self):
-        return id(self.hook)
-
-
-def _hashable(hook):
-    try:
-        hash(hook)
-        return hook
-    except TypeError:
-        return _ById(hook)
 
 
 def _sample(logits_BV, key, temperature, top_k):

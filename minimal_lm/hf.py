@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from minimal_lm import run_dir
 from minimal_lm.config import DTYPES, ConfigError, ModelConfig
 from minimal_lm.hf_config import family_of, from_hf_config, to_hf_config
 from minimal_lm.hf_families import FAMILIES
@@ -43,9 +44,7 @@ def from_pretrained(path, dtype=None, revision: str | None = None, strict: bool 
     commit of a hub id, e.g. Pythia's "step1000") is for hub ids only. Config keys we do not read are
     ignored with one warning, or refused with strict=True."""
     path = _resolve(os.fspath(path), revision)
-    if _is_run_dir(path):
-        from minimal_lm import run_dir
-
+    if run_dir.is_run_dir(path):
         cfg, params, tokenizer_json = run_dir.load_run(path, dtype=dtype)
         return Pretrained(cfg, params, Tokenizer.from_file(tokenizer_json) if tokenizer_json else None)
     cfg, params = load_hf(path, dtype, strict=strict)
@@ -253,20 +252,6 @@ def _resolve(path: str, revision: str | None = None) -> str:
         raise CheckpointError(f"{at}: the hub snapshot ({local}) has no .safetensors weights (only PyTorch .bin "
                               "files?); this loader reads safetensors only")
     return str(local)
-
-
-def _is_run_dir(path) -> bool:
-    try:
-        from minimal_lm import run_dir
-    except ImportError:
-        run_dir = None
-    if run_dir is not None and hasattr(run_dir, "is_run_dir"):
-        return run_dir.is_run_dir(path)
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            return "model" in json.load(f) and os.path.isdir(os.path.join(path, "checkpoints"))
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _where(files):

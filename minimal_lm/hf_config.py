@@ -17,8 +17,11 @@ from minimal_lm.positions import rope_to_hf
 
 ARCHITECTURES = {name: family.name for name, family in FAMILIES.items()}
 SILENT = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
-          "bos_token_id", "eos_token_id", "pad_token_id", "use_cache"}
-"""Keys nearly every config has and no forward reads: ignored without a warning."""
+          "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "attention_dropout", "hidden_dropout",
+          "dropout", "activation_dropout", "attn_pdrop", "embd_pdrop", "resid_pdrop", "embed_dropout",
+          "resid_dropout", "classifier_dropout", "layerdrop"}
+"""Keys nearly every config has and no inference forward reads (metadata, token ids, dropout rates):
+ignored without a warning, in strict mode too."""
 
 
 class IgnoredConfigKeys(UserWarning):
@@ -129,8 +132,8 @@ def to_hf_config(cfg: ModelConfig, dtype: str | None = None) -> dict:
     plain = ModelConfig(vocab_size=cfg.vocab_size)
     changed = [f for f in EXPORT_FIXED if getattr(cfg, f) != getattr(plain, f)]
     if changed:
-        raise ConfigError(f"export writes Llama/Qwen2 checkpoints; {', '.join(f'{f}={getattr(cfg, f)!r}' for f in changed)} "
-                          "has no equivalent there")
+        values = ", ".join(f"{f}={getattr(cfg, f)!r}" for f in changed)
+        raise ConfigError(f"export writes Llama/Qwen2 checkpoints; {values} has no equivalent there")
     rope = rope_to_hf(cfg)
     dtype = dtype or cfg.param_dtype
     hf = {

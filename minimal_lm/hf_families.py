@@ -128,7 +128,7 @@ def _get(hf, key, default=None):
 
 def activation(hf, key, where, default):
     name = _get(hf, key, default)
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ConfigError(f"{where}: {key}={name!r} is not supported; expected one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
@@ -400,8 +400,9 @@ def _read_gpt_neox(hf, where):
     _require(hf, where, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     rope = {k: v for k, v in hf.items() if v is not None}
     if not rope.get("rope_parameters"):  # transformers v4 spelling
-        rope["rope_parameters"] = {"rope_type": "default", "rope_theta": _get(hf, "rotary_emb_base", _get(hf, "rope_theta", 10000)),
-                                   "partial_rotary_factor": _get(hf, "rotary_pct", _get(hf, "partial_rotary_factor", 0.25))}
+        rope["rope_parameters"] = {
+            "rope_type": "default", "rope_theta": _get(hf, "rotary_emb_base", _get(hf, "rope_theta", 10000)),
+            "partial_rotary_factor": _get(hf, "rotary_pct", _get(hf, "partial_rotary_factor", 0.25))}
     bias = bool(_get(hf, "attention_bias", True))
     return dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
                 num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],

@@ -24,8 +24,9 @@ them; attn_out, mlp_out: what each branch adds to the residual; resid: the resid
 ([B,T,D])."""
 SCORE_SITES = ("attn_scores", "attn_probs")
 
-Intervention = Callable[[str, Any, jax.Array], jax.Array]
-Capture = Callable[[str, Any, jax.Array], Any]
+Intervention = Callable[[str, jax.Array, jax.Array], jax.Array]
+"""(site, layer, x) -> x, layer a traced int32 scalar; see minimal_lm.hooks for hooks as pytrees."""
+Capture = Callable[[str, jax.Array, jax.Array], Any]
 
 
 class KVCache(NamedTuple):
@@ -141,7 +142,8 @@ def softcap(x, cap):
 
 
 def wants(hook, site: str) -> bool:
-    """Whether a hook asks for an optional site: it names it in a `sites` attribute."""
+    """Whether a hook asks for an optional site: it names it in a `sites` attribute (a static field of a
+    pytree hook, so that whether the score path runs is part of the compiled program)."""
     return hook is not None and site in getattr(hook, "sites", ())
 
 
@@ -172,9 +174,14 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
     before each one. With a cache, the T tokens are written at slots cache.index.. and attend to
     every valid earlier slot. `intervention(site, layer, x) -> x` may rewrite any site;
     `capture(site, layer, x)` returns a small pytree (or None to skip a site), stacked over layers
-    in Output.captured. Capture sees each site after the intervention, as the model does.
+    in Output.captured (a capture naming layers in a static `stack_layers` tuple is stacked over those
+    only, and the others' results are never held). Capture sees each site after the intervention.
+    `layer` is a traced int32 scalar, under the scan and unrolled alike: select layers with
+    jnp.where(layer == i, ...) or by indexing a per-layer array, never with Python control flow.
     A hook that needs to know which tokens are real (a norm over valid tokens) may define
     `bind(mask_BT) -> hook`: forward calls it with this call's [B, T] mask before the layers run.
+    Hooks are ordinary arguments: under jit pass them as traced pytrees (flax.struct.dataclass hooks,
+    or a plain function wrapped as minimal_lm.hooks.Fn), not as static arguments; see minimal_lm.hooks.
     """
     B, T = tokens_BT.shape
     dtype = jnp.dtype(cfg.dtype)
@@ -284,14 +291,19 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
     kv_in = None if cache is None else (cache.k_LBSKE, cache.v_LBSKE)
     windows_L = jnp.array(cfg.layer_windows or (0,) * cfg.num_layers, jnp.int32)
     xs = (params["layers"], jnp.arange(cfg.num_layers), windows_L, kv_in)
-    if cfg.scan_layers:
+    keep = kept_layers(capture, cfg.num_layers)
+    if cfg.scan_layers and keep is None:
         x_BTD, (captured, kv_out) = jax.lax.scan(layer, x_BTD, xs)
+    elif cfg.scan_layers:
+        x_BTD, captured, kv_out = _scan_keeping(layer, x_BTD, xs, keep)
     else:
         outs = []
         for i in range(cfg.num_layers):
             x_BTD, out = layer(x_BTD, jax.tree.map(lambda a: a[i], xs))
             outs.append(out)
         captured, kv_out = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else ({}, None)
+        if keep is not None:  # stack only the kept layers: the others' results are dead code
+            captured = jax.tree.map(lambda *a: jnp.stack(a), *[outs[i][0] for i in keep])
 
     x_BTD = norm(cfg, params, "final_norm", x_BTD)
     if last_only:
@@ -301,6 +313,38 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
                          cfg.final_softcap)
     new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], *new_cache_meta)
     return Output(logits_BTV, captured, new_cache)
+
+
+def kept_layers(capture, num_layers: int) -> tuple[int, ...] | None:
+    """The layers whose capture results forward keeps: a capture may name them in a static `stack_layers`
+    tuple (None or absent: every layer). Results then stack over those layers only, in increasing order."""
+    keep = getattr(capture, "stack_layers", None)
+    if keep is None:
+        return None
+    keep = tuple(sorted(set(int(i) for i in keep)))
+    if not keep or keep[0] < 0 or keep[-1] >= num_layers:
+        raise ValueError(f"stack_layers={keep}: expected layer indices in [0, {num_layers})")
+    return None if keep == tuple(range(num_layers)) else keep
+
+
+def _scan_keeping(layer, x_BTD, xs, keep):
+    """The layer scan, with the capture results of the layers in `keep` written into a [len(keep), ...]
+    buffer carried through the scan: the other layers' results are never held."""
+    shapes = jax.eval_shape(layer, x_BTD, jax.tree.map(lambda a: a[0], xs))[1][0]
+    buf = jax.tree.map(lambda s: jnp.zeros((len(keep),) + s.shape, s.dtype), shapes)
+    keep_N = jnp.asarray(keep, jnp.int32)
+
+    def step(carry, xs_i):
+        x_BTD, buf = carry
+        x_BTD, (c, kv) = layer(x_BTD, xs_i)
+        hit_N = keep_N == xs_i[1]
+        j, hit = jnp.argmax(hit_N), jnp.any(hit_N)
+        buf = jax.tree.map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, jnp.where(hit, v, b[j]), j, 0),
+                           buf, c)
+        return (x_BTD, buf), kv
+
+    (x_BTD, captured), kv_out = jax.lax.scan(step, (x_BTD, buf), xs)
+    return x_BTD, captured, kv_out
 
 
 def _mask(q_slots_T, k_slots_S, valid_BS):

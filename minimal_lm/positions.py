@@ -112,7 +112,8 @@ class Rope(Position):
         s = cfg.rope_scaling
         scaling = None if s is None else {
             "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings}
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings}
         params = {"rope_theta": cfg.rope_theta, **(scaling or {"rope_type": "default"})}
         return {"rope_theta": cfg.rope_theta, "rope_scaling": scaling, "rope_parameters": params}
 

@@ -1,10 +1,11 @@
-"""Read the params of our training runs: a directory with config.json ({"model": ..., "train": ...,
-"data": ...}) and orbax checkpoints/<step>/{params, opt_state, meta}. The training side writes them."""
+"""Read a training run for inference: a directory with config.json ({"model": ..., "train": ..., "data": ...})
+and orbax checkpoints/<step>/{params, opt_state, meta}. Read-only: train.checkpoint writes, resumes and
+manages them (orbax's checkpoint manager); this module holds what both sides must agree on (the item names, the
+per-array checksums, the shape check) because `from_pretrained` of a run directory restores its params and
+checks their checksums, and minimal_lm imports neither train nor probes."""
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 
 import jax
@@ -17,40 +18,6 @@ from minimal_lm.safetensors_io import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
-
-
-def refuse_file_as_dir(path, flag: str = "--out") -> Path:
-    """`path` as a Path; ValueError if a file is there where a directory goes (the file is left as is)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file, expected a directory (the file is left as is)")
-    return path
-
-
-def write_atomic(path, text: str) -> None:
-    """Write via a temporary file and a rename, so a kill leaves the old or the new file, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_log(path) -> list[dict]:
-    """JSON lines of a run's append-only log (metrics.jsonl, disruption.jsonl); a cut-off last line (a
-    killed run) is skipped, damage elsewhere raises naming the line; a missing file reads as empty."""
-    path = Path(path)
-    lines = [s for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
-    out = []
-    for i, s in enumerate(lines):
-        try:
-            out.append(json.loads(s))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path}, line {i + 1}: not valid JSON: {s[:80]!r}") from None
-    return out
 
 
 def is_run_dir(path) -> bool:
@@ -77,27 +44,13 @@ def read_model_config(path) -> ModelConfig:
     return ModelConfig.from_dict(d["model"], f"{f}: model")
 
 
-def checkpoint_manager(path, read_only: bool = True, **options):
-    """An orbax CheckpointManager on path/checkpoints (read-only by default, without orbax's notices)."""
+def checkpoint_steps(path) -> list[int]:
+    """Steps with a complete (finalized) checkpoint in run directory `path`, ascending."""
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
-                                           **({"save_interval_steps": 0} if read_only else {}), **options)
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR if read_only else level)
-    try:
-        return ocp.CheckpointManager(Path(path).absolute() / CHECKPOINTS, options=options)
-    finally:
-        absl.setLevel(level)
-
-
-def checkpoint_steps(path) -> list[int]:
-    """Steps with a complete checkpoint, ascending."""
     if not (Path(path) / CHECKPOINTS).is_dir():
         raise FileNotFoundError(f"{Path(path) / CHECKPOINTS}: no checkpoints directory; is {path} a run directory?")
-    with checkpoint_manager(path) as mngr:
-        return sorted(mngr.all_steps())
+    return sorted(ocp.utils.checkpoint_steps(Path(path).absolute() / CHECKPOINTS))
 
 
 def abstract(tree):
@@ -196,16 +149,16 @@ def load_run(path, dtype=None, step: int | None = None) -> tuple[ModelConfig, di
         raise CheckpointError(f"{where}: cannot restore params for the model in {path / 'config.json'}: "
                               f"the checkpoint holds another model ({'; '.join(wrong[:4])})")
     try:
-        with checkpoint_manager(path) as mngr:
-            items = {PARAMS: ocp.args.StandardRestore(target)}
-            if (where / META).is_dir():
-                items[META] = ocp.args.JsonRestore()
-            got = mngr.restore(step, args=ocp.args.Composite(**items))
+        with ocp.StandardCheckpointer() as reader:
+            params = reader.restore(where.absolute() / PARAMS, target)
+        meta = {}
+        if (where / META).is_dir():
+            with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+                meta = reader.restore(where.absolute() / META)
     except Exception as e:  # orbax raises many types for missing files, bad shapes and corrupt data
         raise CheckpointError(f"{where}: cannot restore params for the model in "
                               f"{path / 'config.json'}: {type(e).__name__}: {e}") from e
-    params = got[PARAMS]
-    meta = got[META] if META in items and isinstance(got[META], dict) else {}
+    meta = meta if isinstance(meta, dict) else {}
     sums = meta.get("checksums")
     verify(params, sums.get(PARAMS) if isinstance(sums, dict) else sums, f"{where}/{PARAMS}")
     if dtype is not None:

@@ -14,6 +14,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from minimal_lm.files import atomic_file
+
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
@@ -113,7 +115,7 @@ def _is_uint(v) -> bool:
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None):
-    """Write `tensors` (name -> array) as safetensors, atomically (temp file, then rename)."""
+    """Write `tensors` (name -> array) as safetensors, atomically (minimal_lm.files.atomic_file)."""
     path = os.fspath(path)
     header, offset, arrays = {}, 0, []
     for name in sorted(tensors):
@@ -129,10 +131,8 @@ def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for a in arrays:
             f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
-    os.replace(tmp, path)

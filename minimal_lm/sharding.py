@@ -5,9 +5,10 @@ per layer by XLA when used); batches are split over both axes. On one device eve
 """
 from __future__ import annotations
 
-import numpy as np
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
 

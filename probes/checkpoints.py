@@ -29,7 +29,7 @@ import jax
 
 from minimal_lm import ModelConfig, Tokenizer, from_pretrained
 from minimal_lm import run_dir as runs
-from minimal_lm.run_dir import write_atomic
+from minimal_lm.files import write_atomic
 from probes import emergence as em
 from probes import prompts as prompt_lib
 from probes.html import Section, Table, write_index

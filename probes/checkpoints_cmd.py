@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from minimal_lm.cli import STRICT_HELP
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("checkpoints", help="massive values over a model's training checkpoints (e.g. Pythia's "
@@ -32,8 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--heatmap-steps", default="", help="steps of the Figure-2 views, comma list (default: first, last)")
     p.add_argument("--heatmap-layers", default="", help="layers of the Figure-2 views (default: up to 4, else "
                    "first, middle, last)")
-    p.add_argument("--strict", action="store_true", help="refuse Hugging Face config keys that are not read "
-                   "(default: ignore them with a warning)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.add_argument("--name", default=None, help="the series' name in the report (default: the hub repo or the "
                    "checkpoints' parent directory)")
     p.set_defaults(func=run)

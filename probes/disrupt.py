@@ -10,15 +10,23 @@ with other hooks and captures (`chain(a, b, tap(...))` or `a + b`). Its `scope` 
 it: "prefill" (the prompt only, so cached prompt keys are ablated and generated tokens are not) or "all".
 Under "all", a cached decode step sees one token, whose column mean, max and min are the token's own value:
 only "zero" then changes generated tokens' q/k (re-running the whole sequence would ablate it all).
+
+Every hook here is a pytree (flax.struct.dataclass, see minimal_lm.hooks): the rule, k, sites and scope are
+static; `lam` and the layer indices are traced leaves, so another threshold or another set of as many layers
+reuses the compiled program. `SetDims` takes its dims and values as arrays chosen in advance (e.g. from
+probes.massive's norm matrices), so any other selection of dims or stored values reuses the program too.
+The layer index a hook receives is always a traced int32 scalar; layers are picked with jnp.where.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from flax import struct
+
+from minimal_lm.hooks import Fn, as_hook, bind, is_python, static
 
 HEAD_SITES = ("q", "k", "q_pre", "k_pre", "v")
 SELECT = ("massive", "non_massive")
@@ -103,24 +111,23 @@ def parse_layers(value) -> tuple[int, ...] | None:
 
 
 def in_layers(layer, layers):
-    """Whether a layer index (a Python int when unrolled, traced under scan) is one of `layers`."""
-    if isinstance(layer, int):
-        return layer in layers
-    return jnp.isin(layer, jnp.asarray(layers))
+    """Whether the traced layer index is one of `layers` (a tuple of ints or of traced int scalars)."""
+    return jnp.isin(layer, jnp.asarray(layers, jnp.int32))
 
 
-@dataclass(frozen=True)
+@struct.dataclass
 class Disruption:
     """The paper's disruption as an intervention `(site, layer, x) -> x`. Defaults: the top-1 massive dim
-    per head of post-RoPE q and k, replaced by its mean, in every layer, at prefill."""
+    per head of post-RoPE q and k, replaced by its mean, in every layer, at prefill. A pytree: `lam` and
+    `layers` are traced leaves, the other fields static."""
 
-    select: str = "massive"
-    k: int | None = None  # None: 1 unless lam is given
+    select: str = static("massive")
+    k: int | None = static(None)  # None: 1 unless lam is given
     lam: float | None = None
-    replace: str = "mean"
-    sites: tuple[str, ...] = ("q", "k")
+    replace: str = static("mean")
+    sites: tuple[str, ...] = static(("q", "k"))
     layers: tuple[int, ...] | None = None  # None: every layer
-    scope: str = "prefill"
+    scope: str = static("prefill")
 
     def __post_init__(self):
         if self.select not in SELECT:
@@ -136,18 +143,20 @@ class Disruption:
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ValueError(f"k={self.k!r}: expected a non-negative integer (dims per head)")
             object.__setattr__(self, "k", k)
-        elif isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam > 0:
+        elif is_python(self.lam) and (isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
+                                      or not self.lam > 0):
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
         object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
-        object.__setattr__(self, "layers", parse_layers(self.layers))
+        if is_python(self.layers):
+            object.__setattr__(self, "layers", parse_layers(self.layers))
 
     def __call__(self, site: str, layer, x):
         return self.apply(site, layer, x, None)
 
     def apply(self, site: str, layer, x, mask_BT):
+        """x ablated at this site; with `layers`, only where the traced layer is one of them (jnp.where:
+        the edit's elementwise cost in each layer, no extra pass)."""
         if site not in self.sites or self.k == 0:
-            return x
-        if self.layers is not None and isinstance(layer, int) and layer not in self.layers:
             return x
         if self.k is not None and self.k > x.shape[-1]:
             raise ValueError(f"k={self.k}: more dims than head_dim={x.shape[-1]} at site {site!r}")
@@ -197,34 +206,92 @@ def disrupt(select: str = "massive", k: int | None = None, lam: float | None = N
     return Disruption(select, k, lam, replace, sites, layers, scope)
 
 
-@dataclass(frozen=True)
+@struct.dataclass
 class Bound:
     """A hook that has seen this forward's [B, T] mask of real tokens."""
 
     hook: Any
-    mask_BT: Any = dataclasses.field(repr=False)
+    mask_BT: Any = struct.field(repr=False)
 
     def __call__(self, site, layer, x):
         return self.hook.apply(site, layer, x, self.mask_BT)
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(getattr(self.hook, "sites", ()))
+
     def describe(self) -> str:
         return describe(self.hook)
-
-
-def bind(hook, mask_BT):
-    return hook.bind(mask_BT) if hasattr(hook, "bind") else hook
 
 
 def describe(hook) -> str:
     return hook.describe() if hasattr(hook, "describe") else getattr(hook, "__name__", repr(hook))
 
 
-@dataclass(frozen=True)
-class Tap:
-    """A named capture `(site, layer, x) -> pytree | None` for a chain: its results sit under `name`."""
+@struct.dataclass
+class SetDims:
+    """Chosen dims of one site set to given values over each example's real tokens: `dims` a bool
+    [L, heads, head_dim] (layers where nothing is chosen are left alone), `values` an array broadcastable
+    to [L, heads, head_dim] (a stored dataset mean, zero, ...). Both are traced: any other choice of dims
+    or values of the same shapes reuses the compiled program. Heads are the model's KV heads at k, k_pre, v;
+    chain one SetDims per site."""
 
-    name: str
-    fn: Callable
+    site: str = static()
+    dims: Any
+    values: Any = 0.0
+    scope: str = static("prefill")
+    mask_BT: Any = struct.field(default=None, repr=False)  # set by bind()
+
+    def __post_init__(self):
+        parse_names("site", (self.site,), HEAD_SITES)
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope={self.scope!r}: expected one of {', '.join(SCOPES)}")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (self.site,)
+
+    def bind(self, mask_BT) -> "SetDims":
+        return self.replace(mask_BT=mask_BT)
+
+    def __call__(self, site, layer, x_BTHE):
+        if site != self.site:
+            return x_BTHE
+        dims = jnp.asarray(self.dims, bool)
+        if dims.shape[1:] != x_BTHE.shape[2:]:
+            raise ValueError(f"SetDims({site!r}): dims have shape {dims.shape}, expected [layers, "
+                             f"{x_BTHE.shape[2]}, {x_BTHE.shape[3]}] for this site")
+        values = jnp.asarray(self.values)
+        value_HE = values[layer] if values.ndim == 3 else values
+        write_BTHE = dims[layer][None, None]
+        if self.mask_BT is not None:
+            write_BTHE = write_BTHE & jnp.asarray(self.mask_BT, bool)[:, :, None, None]
+        return jnp.where(write_BTHE, jnp.asarray(value_HE, x_BTHE.dtype), x_BTHE)
+
+    def describe(self) -> str:
+        return f"chosen dims of {self.site} (per layer and head) set to given values; {self.scope}"
+
+    def __add__(self, other):
+        return chain(self, other)
+
+
+@struct.dataclass
+class Tap:
+    """A named capture `(site, layer, x) -> pytree | None` for a chain: its results sit under `name`.
+    A plain function is held as a static Fn (see minimal_lm.hooks)."""
+
+    name: str = static()
+    fn: Any
+
+    def __post_init__(self):
+        object.__setattr__(self, "fn", as_hook(self.fn))
+
+    def __call__(self, site, layer, x):
+        return self.fn(site, layer, x)
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(getattr(self.fn, "sites", ()))
 
     def bind(self, mask_BT) -> "Tap":
         return Tap(self.name, bind(self.fn, mask_BT))
@@ -233,17 +300,28 @@ class Tap:
         return f"capture {self.name!r} ({describe(self.fn)})"
 
 
-def tap(name: str, fn: Callable) -> Tap:
-    return Tap(name, fn)
+def tap(name: str, fn: Callable, sites=None) -> Tap:
+    """A named capture; `sites` names optional score sites a plain function needs (attn_scores, attn_probs)."""
+    return Tap(name, fn if sites is None else Fn(fn, tuple(sites)))
 
 
-@dataclass(frozen=True)
+@struct.dataclass
 class Chain:
     """Interventions applied in order, plus captures that see each site after all of them (as forward's
-    capture does). Use it as the intervention, or spread `**chain.hooks()` into forward."""
+    capture does). Use it as the intervention, or spread `**chain.hooks()` into forward. A pytree of its
+    steps and taps (plain functions held as static Fn)."""
 
     steps: tuple = ()
-    taps: tuple[Tap, ...] = ()
+    taps: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", tuple(as_hook(s) for s in self.steps))
+        object.__setattr__(self, "taps", tuple(self.taps))
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Every site a step or tap names (forward computes the score sites when one asks)."""
+        return tuple(dict.fromkeys(s for h in (*self.steps, *self.taps) for s in getattr(h, "sites", ())))
 
     def __call__(self, site, layer, x):
         for step in self.steps:
@@ -278,9 +356,13 @@ class Chain:
         return chain(self, other)
 
 
-@dataclass(frozen=True)
+@struct.dataclass
 class _ChainCapture:
     chain: Chain
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self.chain.sites
 
     def bind(self, mask_BT):
         return _ChainCapture(self.chain.bind(mask_BT))

@@ -8,15 +8,13 @@ import json
 import shlex
 from pathlib import Path
 
-import matplotlib
+import matplotlib.figure
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from probes import tasks  # noqa: E402
-from probes.experiment import RUN_DEFAULTS, check_run, evaluate, load_config  # noqa: E402
-from probes.html import Figure, Section, Table, write_index  # noqa: E402
+from minimal_lm.cli import STRICT_HELP
+from probes import tasks
+from probes.experiment import RUN_DEFAULTS, check_run, evaluate, load_config
+from probes.html import Figure, Section, Table, write_index
 
 
 def run_all(params, cfg, tokenizer, runs: list[dict], out_dir, *, source: str = "", command: str = "",
@@ -60,8 +58,9 @@ def _report(out, records, rows, common):
                 [[label, kind, n, *(f"{100 * res[m]['accuracy']:.1f}" if m in res else None for m in modes)]
                  for label, kind, n, res in lines], caption="Accuracy (%) per mode, as in the paper's Table 1")
     extra = Table(["task", *(f"{m} {q}" for m in modes for q in ("ppl", "distinct-2"))],
-                  [[rec["label"], *(rec["results"].get(m, {}).get(q) for m in modes for q in ("perplexity", "diversity"))]
-                   for rec in records], caption="Perplexity of the generated answer (intact model) and distinct-2")
+                  [[rec["label"], *(rec["results"].get(m, {}).get(q) for m in modes
+                                    for q in ("perplexity", "diversity"))] for rec in records],
+                  caption="Perplexity of the generated answer (intact model) and distinct-2")
     described = list(dict.fromkeys(f"{m}: {d}" for rec in records for m, d in rec["settings"]["described"].items()))
     conflict = [f"{rec['label']}: share of outputs that repeat the misleading context, "
                 + ", ".join(f"{m} {100 * res['context_rate']:.0f}%" for m, res in rec["results"].items())
@@ -81,7 +80,8 @@ def _report(out, records, rows, common):
 
 
 def _accuracy_figure(lines, modes, path):
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(lines) * len(modes) / 2), 3.2))
+    fig = matplotlib.figure.Figure(figsize=(max(4.0, 1.2 * len(lines) * len(modes) / 2), 3.2))
+    ax = fig.subplots()
     x = np.arange(len(lines))
     width = 0.8 / len(modes)
     for j, m in enumerate(modes):
@@ -92,7 +92,6 @@ def _accuracy_figure(lines, modes, path):
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -128,6 +127,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-perplexity", dest="perplexity", action="store_false", default=None,
                    help="skip the answer perplexity pass")
     p.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=run)
 
 
@@ -151,7 +151,7 @@ def run(args) -> None:
         runs = [check_run(given, "command line")]
     if not model:
         raise ValueError("no model: give --model (or \"model\" in the config)")
-    cfg, params, tokenizer = from_pretrained(model, dtype=args.dtype)
+    cfg, params, tokenizer = from_pretrained(model, dtype=args.dtype, strict=args.strict)
     command = shlex.join(["python", "-m", "probes", *getattr(args, "argv", [])])
     result = run_all(params, cfg, tokenizer, runs, args.out, source=model, command=command)
     for rec in result.get("runs", [result]):

@@ -117,8 +117,8 @@ def evaluate(params, cfg: ModelConfig, tokenizer, run: dict, *, progress: bool =
     settings.update(scorer=task.scorer, max_new_tokens=task.max_new_tokens,
                     disruptions={m: h.to_dict() for m, h in modes.items() if h is not None},
                     described={m: h.describe() for m, h in modes.items() if h is not None})
-    record = {"task": task.name, "label": label, "n": len(task.items), "kinds": sorted({it["kind"] for it in task.items}),
-              "results": results, "settings": settings}
+    record = {"task": task.name, "label": label, "n": len(task.items),
+              "kinds": sorted({it["kind"] for it in task.items}), "results": results, "settings": settings}
     return record, rows
 
 

@@ -1,6 +1,8 @@
 """Figures of massive values (matplotlib, Agg backend): the paper's Figure 2 view, a layers x head_dim
-summary and the low-frequency share per layer."""
+summary and the low-frequency (and, for partial rotary, unrotated) share per layer."""
 from __future__ import annotations
+
+import textwrap
 
 import matplotlib
 
@@ -25,9 +27,39 @@ def _save(fig, path):
     return path
 
 
-def heads_dims(ms: dict, layer: int, path, *, rotated: bool = True, low_E=None):
+def chance_text(freq: dict) -> str:
+    """The chance shares of a frequency map (probes.massive.frequency_map), as a reader compares them."""
+    text = f"low-frequency {freq['chance_lowfreq']:.2f}"
+    if freq["unrot_E"].any():
+        text += (f", unrotated {freq['chance_unrotated']:.2f} (low-frequency within the rotated dims "
+                 f"{freq['chance_lowfreq_rotated']:.2f})" if freq["chance_lowfreq_rotated"] is not None
+                 else f", unrotated {freq['chance_unrotated']:.2f}")
+    return text
+
+
+def classes_text(freq: dict) -> str:
+    """One sentence on the three classes of dims and their chance shares."""
+    head_dim, n_low, n_unrot = len(freq["freq_E"]), int(freq["low_E"].sum()), int(freq["unrot_E"].sum())
+    text = (f"{n_low} of {head_dim} dims per head are the low-frequency quarter of the {freq['rotary_dim']} rotated "
+            f"dims")
+    if n_unrot:
+        text += f", {n_unrot} do not rotate (their own class, frequency zero)"
+    text += f"; shares are of the selected mass over all dims, chance = the class's dims / head_dim: {chance_text(freq)}"
+    return text + ("; " + freq["label"] if freq.get("label") else "")
+
+
+def mark_classes(ax, n_heads, low_E, unrot_E, markersize=3):
+    """Red marks on the right edge at low-frequency dims; a dashed line where the unrotated dims start."""
+    if low_E is not None:
+        for d in np.flatnonzero(low_E):
+            ax.plot([n_heads - 0.5], [d], marker="<", color="red", markersize=markersize, clip_on=False)
+    if unrot_E is not None and np.any(unrot_E):
+        ax.axhline(np.flatnonzero(unrot_E)[0] - 0.5, color="white", ls="--", lw=0.8)
+
+
+def heads_dims(ms: dict, layer: int, path, *, rotated: bool = True, low_E=None, unrot_E=None):
     """Figure 2 of the paper for one layer: per site, M[h, d] with heads on x and head_dim on y.
-    Low-frequency dims are marked on the right edge."""
+    Low-frequency dims are marked on the right edge; a dashed line marks where unrotated dims begin."""
     sites = list(ms)
     fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites), 3.6), squeeze=False)
     for ax, site in zip(axes[0], sites):
@@ -37,9 +69,8 @@ def heads_dims(ms: dict, layer: int, path, *, rotated: bool = True, low_E=None):
         ax.set_xlabel("head")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("head dim")
-        if low_E is not None:
-            for d in np.flatnonzero(low_E):
-                ax.plot([m_HE.shape[0] - 0.5], [d], marker="<", color="red", markersize=3, clip_on=False)
+        if site != "v":
+            mark_classes(ax, m_HE.shape[0], low_E, unrot_E)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.06, label="M = L2 norm over tokens")
     fig.tight_layout()
     return _save(fig, path)
@@ -62,28 +93,36 @@ def layers_dims(ms: dict, path, *, rotated: bool = True):
     return _save(fig, path)
 
 
-def lowfreq_bars(summaries: dict, path, *, chance: float, baseline: dict | None = None, rotated: bool = True):
-    """Per layer, the share of top-k massive mass in the lowest-frequency quarter, one bar per site;
-    dots: the same for a random-init model on the same prompts (the post-RoPE bias of the paper's pitfall)."""
+def lowfreq_bars(summaries: dict, path, *, chance: float, baseline: dict | None = None, rotated: bool = True,
+                 unrotated_chance: float | None = None, hypothetical: str = ""):
+    """Per layer, the share of top-k massive mass in the lowest-frequency quarter of the rotated dims, one bar per
+    site; dots: the same for a random-init model on the same prompts (the post-RoPE bias of the paper's pitfall).
+    With `unrotated_chance` (a partial-rotary model), a second panel: the share in unrotated dims. `hypothetical`
+    (a model without rotation): the label, drawn in the title."""
+    keys = [("lowfreq_share", "low-frequency share", chance, "lowest-frequency quarter of the rotated dims")]
+    if unrotated_chance is not None:
+        keys.append(("unrotated_share", "unrotated share", unrotated_chance, "unrotated dims"))
     sites = list(summaries)
     n_layers = len(next(iter(summaries.values()))["lowfreq_share"])
     width = 0.8 / len(sites)
-    fig, ax = plt.subplots(figsize=(min(16.0, max(5.0, 0.12 * n_layers * len(sites) + 2)), 3.4))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(min(16.0, max(5.0, 0.12 * n_layers * len(sites) + 2)),
+                                                    3.4 * len(keys)), squeeze=False)
     x = np.arange(n_layers)
-    for i, site in enumerate(sites):
-        share = [np.nan if s is None else s for s in summaries[site]["lowfreq_share"]]
-        bars = ax.bar(x + (i - (len(sites) - 1) / 2) * width, share, width, label=_title(site, rotated))
-        if baseline and site in baseline:
-            base = [np.nan if s is None else s for s in baseline[site]["lowfreq_share"]]
-            ax.plot(x + (i - (len(sites) - 1) / 2) * width, base, "o", ms=3, color=bars.patches[0].get_facecolor(),
-                    markeredgecolor="black", markeredgewidth=0.5)
-    ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance ({chance:.2f})")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("layer")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("low-frequency share")
-    ax.set_title("share of top-k mass in the lowest-frequency quarter" + (" (dots: random init)" if baseline else ""),
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax, (key, ylabel, level, where) in zip(axes[:, 0], keys):
+        for i, site in enumerate(sites):
+            share = [np.nan if s is None else s for s in summaries[site].get(key) or [None] * n_layers]
+            bars = ax.bar(x + (i - (len(sites) - 1) / 2) * width, share, width, label=_title(site, rotated))
+            if baseline and site in baseline and baseline[site].get(key):
+                base = [np.nan if s is None else s for s in baseline[site][key]]
+                ax.plot(x + (i - (len(sites) - 1) / 2) * width, base, "o", ms=3,
+                        color=bars.patches[0].get_facecolor(), markeredgecolor="black", markeredgewidth=0.5)
+        ax.axhline(level, color="gray", ls="--", lw=1, label=f"chance ({level:.2f})")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"share of top-k mass in the {where}" + (" (dots: random init)" if baseline else "")
+                     + (f"\n{textwrap.fill(hypothetical, 90)}" if hypothetical else ""), fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)

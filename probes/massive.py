@@ -102,20 +102,55 @@ def topk_rule(m_LHE, k: int = 1) -> set[tuple[int, int, int]]:
 
 
 def frequency_map(cfg: ModelConfig) -> dict:
-    """Each dim's RoPE frequency index (rotate_half: j mod d/2; -1 unrotated) and the low-frequency
-    quarter (the largest indices). Models without RoPE get the map a RoPE model of this head_dim would use."""
+    """The frequency class of each dim of a head (rotate_half layout), and the chance share of each class.
+
+    freq_E: frequency index i (theta_i = base^(-2i/rotary_dim)) of each rotated dim, j mod rotary_dim/2;
+    -1 for a dim that does not rotate (partial rotary, e.g. GPT-NeoX/Pythia: only the first rotary_dim dims of
+    each head rotate). Unrotated dims are their own class, of frequency zero: neither low nor high frequency.
+    low_E: the low-frequency quarter OF THE ROTATED DIMS (the largest quarter of the rotated frequency indices,
+    at least one index; both dims of each of those pairs). unrot_E: the unrotated dims.
+
+    Shares (lowfreq_share, unrotated_share) are fractions of the selected mass over all head_dim dims, so
+    low-frequency + unrotated + other rotated = 1, and each chance share is its class's share of the head's
+    dims (what a selection spread evenly over the dims gives): chance_lowfreq = |low| / head_dim,
+    chance_unrotated = |unrotated| / head_dim. chance_lowfreq_rotated = |low| / rotary_dim is the chance of
+    lowfreq_share_rotated, the low-frequency share of the mass that sits in rotated dims. chance_share is
+    chance_lowfreq (its old name, kept for old readers; for full rotation all these equal the old values).
+
+    A model without rotation (position none, learned, alibi: GPT-2, OPT, GPT-Neo) gets the map a RoPE model of
+    this head_dim and rope_fraction would use, for comparison only: `hypothetical` is True and `label` says so."""
     freq_E = np.asarray(rope_frequency_index(cfg))
-    n_freq = int(freq_E.max()) + 1
-    low_E = freq_E >= n_freq - max(1, n_freq // 4)
-    return {"freq_E": freq_E, "low_E": low_E, "rotated": cfg.position == "rope",
-            "chance_share": float(low_E.sum() / max(1, (freq_E >= 0).sum()))}
+    head_dim, rot_E = len(freq_E), freq_E >= 0
+    n_rot = int(rot_E.sum())
+    n_freq = int(freq_E.max()) + 1 if n_rot else 0
+    low_E = rot_E & (freq_E >= n_freq - max(1, n_freq // 4))
+    rotated = cfg.position == "rope"
+    return {"freq_E": freq_E, "low_E": low_E, "unrot_E": ~rot_E, "rotated": rotated, "hypothetical": not rotated,
+            "rotary_dim": n_rot, "label": "" if rotated else hypothetical_label(cfg),
+            "chance_share": float(low_E.sum() / head_dim), "chance_lowfreq": float(low_E.sum() / head_dim),
+            "chance_unrotated": float((~rot_E).sum() / head_dim),
+            "chance_lowfreq_rotated": float(low_E.sum() / n_rot) if n_rot else None}
+
+
+def hypothetical_label(cfg: ModelConfig) -> str:
+    return (f"hypothetical: this model does not rotate (position={cfg.position}); the frequency map is the one a "
+            f"RoPE model of head_dim {cfg.dim_per_head} would use, for comparison only")
+
+
+def class_share(m_LHE, mask_LHE, class_E, within_E=None) -> list[float | None]:
+    """Per layer, the share of selected M mass that sits in the dims of class_E, out of the selected mass in
+    within_E (default: all dims); None where that mass is zero (nothing selected)."""
+    sel_LHE = np.where(mask_LHE, np.asarray(m_LHE, np.float64), 0.0)
+    if within_E is not None:
+        sel_LHE = sel_LHE * np.asarray(within_E, bool)
+    total_L, part_L = sel_LHE.sum((1, 2)), sel_LHE[..., np.asarray(class_E, bool)].sum((1, 2))
+    return [float(p / t) if t > 0 else None for p, t in zip(part_L, total_L)]
 
 
 def lowfreq_share(m_LHE, mask_LHE, low_E) -> list[float | None]:
-    """Per layer, the share of selected M mass that sits in low-frequency dims (None if nothing selected)."""
-    sel_LHE = np.where(mask_LHE, np.asarray(m_LHE, np.float64), 0.0)
-    total_L, low_L = sel_LHE.sum((1, 2)), sel_LHE[..., np.asarray(low_E)].sum((1, 2))
-    return [float(lo / t) if t > 0 else None for lo, t in zip(low_L, total_L)]
+    """Per layer, the share of selected M mass (over all dims) that sits in low-frequency dims (None if nothing
+    selected). Mass in unrotated dims counts in the total: read it beside unrotated_share (class_share)."""
+    return class_share(m_LHE, mask_LHE, low_E)
 
 
 def concentration(m_LHE, freq_E) -> tuple[list[float], list[int]]:
@@ -134,11 +169,16 @@ def concentration(m_LHE, freq_E) -> tuple[list[float], list[int]]:
 def summarize(m_LHE, freq: dict, lam: float = 5.0, k: int = 1) -> dict:
     """Per-layer metrics for one site; lists over layers, JSON-ready.
 
-    lowfreq_share uses the top-k selection (always defined: compare with freq["chance_share"]);
-    lowfreq_share_threshold uses the threshold rule and is None for layers with no massive entry."""
+    lowfreq_share and unrotated_share use the top-k selection (always defined): the shares of the selected mass
+    in the low-frequency quarter of the rotated dims and in the unrotated dims (compare with freq["chance_lowfreq"]
+    and freq["chance_unrotated"]); lowfreq_share_rotated is the low-frequency share of the selected mass in rotated
+    dims only (chance freq["chance_lowfreq_rotated"]; None where the top-k dims are all unrotated). The _threshold
+    variants use the threshold rule and are None for layers with no massive entry."""
     ratio_LHE = head_ratio(m_LHE)
     thr_LHE = ratio_LHE > lam
+    top_LHE = topk_mask(m_LHE, k)
     conc, mode = concentration(m_LHE, freq["freq_E"])
+    unrot_E = freq.get("unrot_E", np.asarray(freq["freq_E"]) < 0)
     return {
         "top1_dims": topk_dims(m_LHE, 1)[..., 0].tolist(),
         "topk_dims": topk_dims(m_LHE, k).tolist(),
@@ -146,6 +186,9 @@ def summarize(m_LHE, freq: dict, lam: float = 5.0, k: int = 1) -> dict:
         "max_ratio": ratio_LHE.max((1, 2)).tolist(),
         "concentration": conc,
         "top_freq_index": mode,
-        "lowfreq_share": lowfreq_share(m_LHE, topk_mask(m_LHE, k), freq["low_E"]),
+        "lowfreq_share": lowfreq_share(m_LHE, top_LHE, freq["low_E"]),
         "lowfreq_share_threshold": lowfreq_share(m_LHE, thr_LHE, freq["low_E"]),
+        "unrotated_share": class_share(m_LHE, top_LHE, unrot_E),
+        "unrotated_share_threshold": class_share(m_LHE, thr_LHE, unrot_E),
+        "lowfreq_share_rotated": class_share(m_LHE, top_LHE, freq["low_E"], ~np.asarray(unrot_E, bool)),
     }

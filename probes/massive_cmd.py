@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from minimal_lm import ModelConfig, init_params
+from minimal_lm.cli import STRICT_HELP
 from probes import figures, prompts
 from probes.html import Figure, Section, Table, write_index
 from probes.massive import PROBE_SITES, check_sites, frequency_map, norm_matrices, summarize
@@ -50,12 +51,7 @@ def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_d
                   "num_kv_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "rotary_dim": cfg.rotary_dim},
         "settings": {"sites": list(sites), "lambda": lam, "top_k": k, "layers": layers,
                      "prompts": len(token_lists), "tokens": n_tokens, "batch_size": batch_size, **(settings or {})},
-        "frequency": {"freq_index": freq["freq_E"].tolist(), "lowfreq_dims": np.flatnonzero(freq["low_E"]).tolist(),
-                      "chance_share": freq["chance_share"],
-                      "note": ("rotate_half layout: dim j has frequency index j mod rotary_dim/2, -1 if unrotated; "
-                               "the low-frequency quarter is the largest indices")
-                      + ("" if freq["rotated"] else "; this model has no rotation: the same map is reported "
-                         "for comparison with RoPE models")},
+        "frequency": frequency_record(freq),
     }
     summaries = {site: summarize(ms[site], freq, lam, k) for site in sites}
     record.update(summaries)
@@ -64,11 +60,29 @@ def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_d
         m0, _ = measure(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed)), False)
         baseline = {site: summarize(m0[site], freq, lam, k) for site in sites}
         record["init_baseline"] = {"seed": seed, "init_std": cfg.init_std, **{
-            site: {key: baseline[site][key] for key in ("lowfreq_share", "massive_count", "max_ratio")}
+            site: {key: baseline[site][key] for key in ("lowfreq_share", "unrotated_share", "massive_count", "max_ratio")}
             for site in sites}}
     (out / "massive.json").write_text(json.dumps(record, indent=1))
     _figures_and_html(out, ms, record, summaries, baseline, freq)
     return record
+
+
+def frequency_record(freq: dict) -> dict:
+    """The "frequency" entry of massive.json: the map, each class's dims and chance share, and the label
+    ("" for a RoPE model; for a model without rotation: "hypothetical: this model does not rotate ...")."""
+    rec = {"freq_index": freq["freq_E"].tolist(), "lowfreq_dims": np.flatnonzero(freq["low_E"]).tolist(),
+           "unrotated_dims": np.flatnonzero(freq["unrot_E"]).tolist(), "rotary_dim": freq["rotary_dim"],
+           "chance_share": freq["chance_share"], "chance_lowfreq": freq["chance_lowfreq"],
+           "chance_unrotated": freq["chance_unrotated"], "chance_lowfreq_rotated": freq["chance_lowfreq_rotated"],
+           "hypothetical": freq["hypothetical"], "label": freq["label"],
+           "note": ("rotate_half layout: dim j has frequency index j mod rotary_dim/2, -1 if unrotated (its own class, "
+                    "frequency zero); the low-frequency quarter is the largest quarter of the rotated dims' indices; "
+                    "lowfreq_share and unrotated_share are shares of the selected mass over all dims, each with its "
+                    "chance share = its dims / head_dim; lowfreq_share_rotated is the low-frequency share of the "
+                    "selected mass in rotated dims (chance_lowfreq_rotated)")
+           + ("" if freq["rotated"] else "; this model has no rotation: the same map is reported for comparison "
+              "with RoPE models")}
+    return rec
 
 
 def check_layers(layers, num_layers: int) -> list[int]:
@@ -82,36 +96,55 @@ def check_layers(layers, num_layers: int) -> list[int]:
 
 def _figures_and_html(out, ms, record, summaries, baseline, freq):
     rotated, sites, layers = freq["rotated"], record["settings"]["sites"], record["settings"]["layers"]
-    low_E = freq["low_E"] if rotated else None
-    figs = [Figure(figures.heads_dims(ms, i, out / f"heads_dims_layer{i}.png", rotated=rotated, low_E=low_E).name,
-                   f"Layer {i}: M[head, dim] per site (red marks: lowest-frequency quarter)") for i in layers]
+    partial = bool(freq["unrot_E"].any())
+    marks = ("red marks: lowest-frequency quarter" + ("; dashed line: the unrotated dims start above it"
+                                                       if partial else "")) if rotated else (
+        "no frequency marks: " + freq["label"])
+    figs = [Figure(figures.heads_dims(ms, i, out / f"heads_dims_layer{i}.png", rotated=rotated,
+                                      low_E=freq["low_E"] if rotated else None,
+                                      unrot_E=freq["unrot_E"] if rotated else None).name,
+                   f"Layer {i}: M[head, dim] per site ({marks})") for i in layers]
+    chances = figures.chance_text(freq)
     summary_figs = [
         Figure(figures.layers_dims(ms, out / "layers_dims.png", rotated=rotated).name,
                "Per layer and dim: M over its head mean, averaged over heads."),
-        Figure(figures.lowfreq_bars(summaries, out / "lowfreq_share.png", chance=freq["chance_share"],
-                                    baseline=baseline, rotated=rotated).name,
-               "Share of top-k mass in the lowest-frequency quarter; dashed: chance."),
+        Figure(figures.lowfreq_bars(summaries, out / "lowfreq_share.png", chance=freq["chance_lowfreq"],
+                                    baseline=baseline, rotated=rotated,
+                                    unrotated_chance=freq["chance_unrotated"] if partial else None,
+                                    hypothetical=freq["label"]).name,
+               "Share of top-k mass in the lowest-frequency quarter of the rotated dims"
+               + (" and in the unrotated dims" if partial else "") + f"; dashed: chance ({chances})."
+               + ("" if rotated else " " + freq["label"][0].upper() + freq["label"][1:] + ".")),
     ]
     s = record["settings"]
+    unrot_cols = ["unrotated share", "unrotated (init)"] if partial else []
     tables = [Table(["layer", "massive", "max ratio", "concentration", "top freq", "low-freq share",
-                     "share (init)", "top-1 dims (count)"],
+                     "share (init)", *unrot_cols, "top-1 dims (count)"],
                     [[i, summaries[site]["massive_count"][i], summaries[site]["max_ratio"][i],
                       summaries[site]["concentration"][i], summaries[site]["top_freq_index"][i],
                       summaries[site]["lowfreq_share"][i],
                       baseline[site]["lowfreq_share"][i] if baseline else None,
+                      *([summaries[site]["unrotated_share"][i],
+                         baseline[site]["unrotated_share"][i] if baseline else None] if partial else []),
                       _top_dims(summaries[site]["top1_dims"][i])] for i in range(len(summaries[site]["max_ratio"]))],
                     caption=site) for site in sites]
-    intro = [f"Model: {record['model']['source']} ({record['model']['num_layers']} layers, "
-             f"{record['model']['num_heads']} heads, {record['model']['num_kv_heads']} KV heads, head_dim "
-             f"{record['model']['head_dim']}, rotation: {record['model']['rotation']}).",
+    m = record["model"]
+    rotation = m["rotation"] + (f" on {m['rotary_dim']} of {m['head_dim']} dims per head" if partial and rotated else "")
+    intro = [f"Model: {m['source']} ({m['num_layers']} layers, {m['num_heads']} heads, {m['num_kv_heads']} KV heads, "
+             f"head_dim {m['head_dim']}, rotation: {rotation}).",
              f"{s['prompts']} prompts, {s['tokens']} tokens. Massive: M > {s['lambda']} x head mean "
-             f"(count per layer); top-k = {s['top_k']} per head for the low-frequency share.", PITFALL]
+             f"(count per layer); top-k = {s['top_k']} per head for the low-frequency share.",
+             "Frequency classes: " + figures.classes_text(freq) + ".", PITFALL]
+    if not rotated:
+        intro.insert(1, freq["label"][0].upper() + freq["label"][1:] + ": its low-frequency share says where a RoPE "
+                     "model's slow pairs would be, not anything this model rotates.")
     write_index(out, "Massive values in Q, K and V", [
         Section("Heads x head dim", figures=figs),
         Section("Summary", figures=summary_figs),
         Section("Numbers per layer", paragraphs=[
             "concentration: share of heads whose top dim has the layer's most common frequency index "
-            "(top freq); max ratio: largest M over its head mean."], tables=tables),
+            "(top freq; an unrotated dim j is its own index, head_dim + j); max ratio: largest M over its head mean."],
+            tables=tables),
         *([Section("Command", code=s["command"])] if s.get("command") else []),
     ], intro=intro)
 
@@ -136,6 +169,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-len", type=int, default=None, help="truncate prompts (default: model max_seq_len)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.add_argument("--init-baseline", action="store_true",
                    help="also measure a random-init model of the same config on the same prompts")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline")
@@ -151,7 +185,7 @@ def run(args) -> None:
         raise ValueError(f"--layers={args.layers!r}: expected comma-separated integers") from None
     if args.batch_size < 1 or (args.max_len is not None and args.max_len < 1):
         raise ValueError(f"--batch-size={args.batch_size}, --max-len={args.max_len}: expected positive integers")
-    cfg, params, tokenizer = from_pretrained(args.model, dtype=args.dtype)
+    cfg, params, tokenizer = from_pretrained(args.model, dtype=args.dtype, strict=args.strict)
     items = (prompts.read_text_file(args.text_file) if args.text_file else
              prompts.read_jsonl(args.prompts) if args.prompts else list(prompts.DEFAULT_PROMPTS))
     if args.chat and not getattr(tokenizer, "chat_template", None):
@@ -169,7 +203,13 @@ def run(args) -> None:
                             k=args.top_k, layers=layers, batch_size=args.batch_size,
                             pad_id=0 if pad_id is None else pad_id, init_baseline=args.init_baseline,
                             seed=args.seed, source=args.model, settings=settings)
+    f = record["frequency"]
+    hypothetical = " (hypothetical map: this model does not rotate)" if f["hypothetical"] else ""
     for site in record["settings"]["sites"]:
-        share = [None if x is None else round(x, 2) for x in record[site]["lowfreq_share"]]
-        print(f"{site:6s} massive per layer {record[site]['massive_count']}  low-freq share {share}")
+        rounded = lambda xs: [None if x is None else round(x, 2) for x in xs]
+        line = f"{site:6s} massive per layer {record[site]['massive_count']}  low-freq share " \
+               f"{rounded(record[site]['lowfreq_share'])} (chance {f['chance_lowfreq']:.2f}){hypothetical}"
+        if f["unrotated_dims"]:
+            line += f"  unrotated share {rounded(record[site]['unrotated_share'])} (chance {f['chance_unrotated']:.2f})"
+        print(line)
     print(f"wrote {Path(args.out) / 'index.html'}")

@@ -1,11 +1,12 @@
 """Prompts for probes: read from files, tokenize (optionally through a chat template), left-pad into batches."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from minimal_lm import files
 
 DEFAULT_PROMPTS = (
     "There is important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you "
@@ -34,13 +35,7 @@ def read_jsonl(path) -> list:
     """One prompt per line: a JSON string, or an object with "prompt" (text), "messages" (chat turns)
     or "tokens" (token ids). Other keys are ignored."""
     prompts = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, item in files.read_jsonl(path):
         if isinstance(item, dict) and not {"prompt", "messages", "tokens"} & item.keys():
             raise ValueError(f"{path}:{n}: object has none of the keys 'prompt', 'messages', 'tokens' "
                              f"(found {', '.join(sorted(item)) or 'no keys'})")

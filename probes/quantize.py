@@ -12,11 +12,12 @@ so "protect massive values" vs "ignore them" is one flag.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
+from minimal_lm.hooks import is_python, static
 from probes.disrupt import HEAD_SITES, Bound, column_norms, in_layers, parse_layers, parse_names, select_dims
 
 ACT_GRANULARITY = ("per_token", "per_channel", "per_group")
@@ -75,20 +76,21 @@ def quantize_heads(x_BTHE, mask_BT, bits: int, granularity: str = "per_token", g
     return jnp.where(keep_BTHE, x_BTHE, y.astype(x_BTHE.dtype))
 
 
-@dataclass(frozen=True)
+@struct.dataclass
 class QuantizeActs:
     """An intervention that fake-quantizes q/k activations. With protect_massive, each example's and head's
-    massive dims (top-k of M, or M > lam * mean) pass through in full precision."""
+    massive dims (top-k of M, or M > lam * mean) pass through in full precision. A pytree: `lam` and
+    `layers` are traced leaves, the other fields static."""
 
-    bits: int = 8
-    granularity: str = "per_token"
-    group_size: int = 0
-    sites: tuple[str, ...] = ("q", "k")
-    protect_massive: bool = False
-    k: int | None = None
+    bits: int = static(8)
+    granularity: str = static("per_token")
+    group_size: int = static(0)
+    sites: tuple[str, ...] = static(("q", "k"))
+    protect_massive: bool = static(False)
+    k: int | None = static(None)
     lam: float | None = None
     layers: tuple[int, ...] | None = None
-    scope: str = "all"
+    scope: str = static("all")
 
     def __post_init__(self):
         _check_bits(self.bits)
@@ -102,20 +104,20 @@ class QuantizeActs:
             object.__setattr__(self, "k", 1)
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"k={self.k!r}: expected a positive number of protected dims per head")
-        if self.lam is not None and not self.lam > 0:
+        if self.lam is not None and is_python(self.lam) and not self.lam > 0:
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
         if self.scope not in ("prefill", "all"):
             raise ValueError(f"scope={self.scope!r}: expected 'prefill' or 'all'")
         object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
-        object.__setattr__(self, "layers", parse_layers(self.layers))
+        if is_python(self.layers):
+            object.__setattr__(self, "layers", parse_layers(self.layers))
 
     def __call__(self, site, layer, x):
         return self.apply(site, layer, x, None)
 
     def apply(self, site, layer, x, mask_BT):
+        """x quantized at this site; with `layers`, only where the traced layer is one of them (jnp.where)."""
         if site not in self.sites:
-            return x
-        if self.layers is not None and isinstance(layer, int) and layer not in self.layers:
             return x
         mask_BT = jnp.ones(x.shape[:2], bool) if mask_BT is None else mask_BT.astype(bool)
         keep = select_dims(column_norms(x, mask_BT), "massive", self.k, self.lam) if self.protect_massive else None

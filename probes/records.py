@@ -8,7 +8,6 @@ continues the series without duplicates.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minimal_lm import ModelConfig
+from minimal_lm.files import atomic_file
 from probes.massive import PROBE_SITES, frequency_map, sum_squares, summarize
 
 _NAME = re.compile(r"^step_(\d{8,})\.npz$")
@@ -44,13 +44,10 @@ def write_record(run_dir, record: Record) -> Path:
     out = record_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_{record.step:08d}.npz"
-    tmp = out / f".tmp_{os.getpid()}_{path.name}"
     meta = {"step": record.step, "tokens_seen": record.tokens_seen, "summary": record.summary}
-    with open(tmp, "wb") as f:
-        np.savez(f, __meta__=np.array(json.dumps(meta)), **{s: np.asarray(m, np.float32) for s, m in record.norms.items()})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)),
+                 **{s: np.asarray(m, np.float32) for s, m in record.norms.items()})
     return path
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from minimal_lm import ModelConfig
-from minimal_lm.run_dir import read_log
+from minimal_lm.files import read_log
 from probes import emergence as em
+from probes import figures
 from probes.html import Figure, Section, Table, write_index
 from probes.massive import frequency_map
 from probes.records import read_records
@@ -133,37 +134,56 @@ def _heatmap_layers(n_layers, wanted):
 def emergence_section(name, d, st, out, figs):
     """One series' emergence figure, Figure-2 heatmaps at st["heatmap_steps"] and per-layer table. `d` holds
     records, summary (emergence.summarize), freq (massive.frequency_map) and model (a ModelConfig)."""
-    records, rotated = d["records"], d["freq"]["rotated"]
+    records, freq = d["records"], d["freq"]
+    rotated, partial = freq["rotated"], bool(freq["unrot_E"].any())
+    label = freq.get("label", "")
     title = em.label(name)
     if not records:
         return Section(title, paragraphs=["No probe records (probes/ is empty): nothing to draw but the loss."])
-    figures = [_fig(em.emergence_figure(records, figs / f"{name}_emergence.png", lam=st["lam"],
-                                        chance=d["freq"]["chance_share"], rotated=rotated, title=title,
-                                        log_steps=st.get("log_steps", False)), out,
-                    f"{title}: max ratio and low-frequency share of top-{st['top_k']} mass per layer against step; "
-                    "dotted lines: each layer's step-0 value; dashed: λ (top) and chance (bottom).")]
+    chances = figures.chance_text(freq)
+    figures_ = [_fig(em.emergence_figure(records, figs / f"{name}_emergence.png", lam=st["lam"],
+                                         chance=freq["chance_lowfreq"], rotated=rotated, title=title,
+                                         log_steps=st.get("log_steps", False),
+                                         unrotated_chance=freq["chance_unrotated"] if partial else None,
+                                         hypothetical=label), out,
+                     f"{title}: max ratio and low-frequency share of top-{st['top_k']} mass"
+                     + (" and its share in unrotated dims" if partial else "") + " per layer against step; "
+                     f"dotted lines: each layer's step-0 value; dashed: λ (top) and chance ({chances})."
+                     + (f" The low-frequency share is {label}." if label else ""))]
     by_step = {r.step: r for r in records}
     layers = _heatmap_layers(d["model"].num_layers, st["heatmap_layers"])
+    marks = ("; red marks: lowest-frequency quarter" + ("; dashed line: the unrotated dims start above it"
+                                                        if partial else "")) if rotated else ""
     for step in _heatmap_steps(records, st["heatmap_steps"]):
         f = em.heatmap_figure(by_step[step], figs / f"{name}_heatmap_step{step}.png", layers=layers, rotated=rotated,
-                              low_E=d["freq"]["low_E"], title=f"{title}, step {step}")
+                              low_E=freq["low_E"], unrot_E=freq["unrot_E"], title=f"{title}, step {step}")
         seen = f" ({by_step[step].tokens_seen:,} tokens)" if by_step[step].tokens_seen > 0 else ""
-        figures.append(_fig(f, out, f"{title}, step {step}{seen}: M[head, dim] "
-                                    "per layer and site (the paper's Figure 2)" +
-                            ("; red marks: lowest-frequency quarter" if rotated else "")))
+        figures_.append(_fig(f, out, f"{title}, step {step}{seen}: M[head, dim] "
+                                     "per layer and site (the paper's Figure 2)" + marks))
     rows = []
     for site, layers_s in d["summary"]["sites"].items():
         if not rotated and site in ("q_pre", "k_pre"):
             continue
         for i, x in enumerate(layers_s):
+            unrot = [x.get("unrotated_init"), x.get("unrotated_final")] if partial else []
             rows.append([site, i, x["init"], x["final"], f"{x['peak']:.3g} @ {x['peak_step']}", x["first_massive_step"],
                          x["largest_rise_step"], f"{x['massive_count_init']} → {x['massive_count_final']}",
-                         x["lowfreq_init"], x["lowfreq_final"], x["concentration_init"],
-                         f"{x['concentration_final']:.2f} (index {x['top_freq_final']})"])
+                         x["lowfreq_init"], x["lowfreq_final"], *unrot, x["concentration_init"],
+                         f"{x['concentration_final']:.2f} ({_index_name(x['top_freq_final'], freq)})"])
     table = Table(["site", "layer", "max ratio @0", "final", "peak @ step", f"first > λ={st['lam']:g}",
-                   "largest rise @", "massive dims", "low-freq @0", "final", "same-freq heads @0", "final"], rows,
-                  caption=f"{title}: per site and layer (chance low-freq share {d['freq']['chance_share']:.2f})")
-    return Section(f"{title}: emergence and Figure 2", figures=figures, tables=[table])
+                   "largest rise @", "massive dims", "low-freq @0", "final",
+                   *(["unrotated @0", "final"] if partial else []), "same-freq heads @0", "final"], rows,
+                  caption=f"{title}: per site and layer (chance shares: {chances})"
+                  + (f"; the low-frequency share is {label}" if label else ""))
+    return Section(f"{title}: emergence and Figure 2", figures=figures_, tables=[table])
+
+
+def _index_name(index, freq) -> str:
+    """A top_freq_index as the report names it: a frequency index, or an unrotated dim (index head_dim + j)."""
+    if index is None:
+        return "index ?"
+    head_dim = len(freq["freq_E"])
+    return f"unrotated dim {index - head_dim}" if index >= head_dim else f"index {index}"
 
 
 def _disruption_sections(present, out, figs):
@@ -235,8 +255,9 @@ def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
 
 def emergence_paragraphs(present: dict, st: dict) -> list[str]:
     """The summary's sentences on massive values, per series (name -> the dict emergence_section takes):
-    max ratio of Q, K and V at step 0 and at the end, which series grew a massive dim, Q/K against V, and
-    the low-frequency share before and after rotation against step 0."""
+    max ratio of Q, K and V at step 0 and at the end, which series grew a massive dim, Q/K against V, the
+    low-frequency share before and after rotation against step 0 (labelled hypothetical for a model without
+    rotation), and for partial rotary the share in unrotated dims, each with its chance share."""
     lam, out = st["lam"], []
     massive = []
     for n, d in present.items():
@@ -257,30 +278,56 @@ def emergence_paragraphs(present: dict, st: dict) -> list[str]:
     out.append(f"Massive values (a dim with M > {lam:g} x its head mean): " + " ".join(massive))
     out += [t for t in (_verdicts(present, lam), _qk_versus_v(present)) if t]
     for n, d in present.items():
-        s = d["summary"]
-        if d["freq"]["rotated"] and s and s["has_step0"] and len(s["steps"]) > 1:
-            x = {site: s["sites"][site] for site in ("q", "k", "q_pre", "k_pre")}
-            mean = lambda site, key: np.mean([y[key] for y in x[site] if y[key] is not None])
+        s, freq = d["summary"], d["freq"]
+        if not (s and s["has_step0"] and len(s["steps"]) > 1):
+            continue
+        mean = lambda site, key: _mean([y.get(key) for y in s["sites"][site]])
+        if not freq["rotated"]:
             out.append(f"{em.label(n)} low-frequency share of top-{st['top_k']} mass (mean over layers; chance "
-                       f"{d['freq']['chance_share']:.2f}), step 0 → end: after rotation Q "
-                       f"{mean('q', 'lowfreq_init'):.2f}"
-                       f" → {mean('q', 'lowfreq_final'):.2f}, K {mean('k', 'lowfreq_init'):.2f} → "
-                       f"{mean('k', 'lowfreq_final'):.2f}; before rotation Q {mean('q_pre', 'lowfreq_init'):.2f} → "
-                       f"{mean('q_pre', 'lowfreq_final'):.2f}, K {mean('k_pre', 'lowfreq_init'):.2f} → "
-                       f"{mean('k_pre', 'lowfreq_final'):.2f}. The after-rotation value at step 0 is the bias of "
-                       "the rotation itself, not something learned."
-                       + _agreement(x, int(d["freq"]["freq_E"].max())))
+                       f"{freq['chance_lowfreq']:.2f}), step 0 → end: Q {mean('q', 'lowfreq_init')} → "
+                       f"{mean('q', 'lowfreq_final')}, K {mean('k', 'lowfreq_init')} → {mean('k', 'lowfreq_final')}; "
+                       f"{freq['label']}: it says whether the dims a RoPE model would rotate slowest carry the mass, "
+                       "in a model that rotates none.")
+            continue
+        x = {site: s["sites"][site] for site in ("q", "k", "q_pre", "k_pre")}
+        partial = bool(freq["unrot_E"].any())
+        of = (f" of the {freq['rotary_dim']} rotated of {len(freq['freq_E'])} dims per head" if partial else "")
+        out.append(f"{em.label(n)} low-frequency share of top-{st['top_k']} mass (the slowest quarter{of}; mean over "
+                   f"layers; chance {freq['chance_lowfreq']:.2f}), step 0 → end: after rotation Q "
+                   f"{mean('q', 'lowfreq_init')} → {mean('q', 'lowfreq_final')}, K {mean('k', 'lowfreq_init')} → "
+                   f"{mean('k', 'lowfreq_final')}; before rotation Q {mean('q_pre', 'lowfreq_init')} → "
+                   f"{mean('q_pre', 'lowfreq_final')}, K {mean('k_pre', 'lowfreq_init')} → "
+                   f"{mean('k_pre', 'lowfreq_final')}. The after-rotation value at step 0 is the bias of "
+                   "the rotation itself, not something learned."
+                   + _agreement(x, int(freq["freq_E"].max()), len(freq["freq_E"])))
+        if partial:
+            out.append(f"{em.label(n)} share of top-{st['top_k']} mass in the {int(freq['unrot_E'].sum())} unrotated "
+                       f"dims (their own class, frequency zero: never counted as low or high frequency; chance "
+                       f"{freq['chance_unrotated']:.2f}), step 0 → end: after rotation Q {mean('q', 'unrotated_init')}"
+                       f" → {mean('q', 'unrotated_final')}, K {mean('k', 'unrotated_init')} → "
+                       f"{mean('k', 'unrotated_final')}; before rotation Q {mean('q_pre', 'unrotated_init')} → "
+                       f"{mean('q_pre', 'unrotated_final')}, K {mean('k_pre', 'unrotated_init')} → "
+                       f"{mean('k_pre', 'unrotated_final')}. Rotation cannot spread an unrotated dim's mass either, "
+                       "so after rotation these dims share the slow pairs' bias.")
     return out
 
 
-def _agreement(x, slowest):
+def _mean(values) -> str:
+    """Mean of the known values, as the summary writes it ("n/a" when none: e.g. records that predate a metric)."""
+    known = [v for v in values if v is not None]
+    return f"{np.mean(known):.2f}" if known else "n/a"
+
+
+def _agreement(x, slowest, head_dim):
     """The Q/K layer whose heads most agree on their top dim's frequency index at the end."""
     site, i = max(((site, i) for site in ("q", "k") for i in range(len(x[site]))),
                   key=lambda si: x[si[0]][si[1]]["concentration_final"] or 0)
     layer = x[site][i]
+    index = layer["top_freq_final"]
+    where = (f"unrotated dim {index - head_dim}" if index is not None and index >= head_dim else f"index {index}")
     return (f" Heads agreeing on the frequency index of their top dim, largest at the end: {site.upper()} layer {i}, "
-            f"{layer['concentration_init']:.2f} at step 0 → {layer['concentration_final']:.2f} (index "
-            f"{layer['top_freq_final']}; 0 is the fastest-rotating pair, {slowest} the slowest).")
+            f"{layer['concentration_init']:.2f} at step 0 → {layer['concentration_final']:.2f} ({where}; index 0 is "
+            f"the fastest-rotating pair, {slowest} the slowest).")
 
 
 def _verdicts(present, lam):

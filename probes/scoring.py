@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minimal_lm import ModelConfig, forward
+from minimal_lm import ModelConfig, as_hook, forward
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
@@ -127,15 +127,15 @@ def answer_perplexity(params, cfg: ModelConfig, prompts: list[list[int]], answer
         for i, (r, s) in enumerate(zip(rows, seqs)):
             tokens[i, :len(s)], mask[i, :len(s)] = s, True
             target[i, len(prompts[r]):len(s)] = True
-        nll, count = _nll(params, *map(jnp.asarray, (tokens, mask, target)), cfg=cfg, intervention=intervention)
+        nll, count = _nll(params, *map(jnp.asarray, (tokens, mask, target)), as_hook(intervention), cfg=cfg)
         for i, r in enumerate(rows):
             if count[i] > 0:
                 out[r] = float(np.exp(nll[i] / count[i]))
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "intervention"))
-def _nll(params, tokens_BT, mask_BT, target_BT, *, cfg, intervention):
+@functools.partial(jax.jit, static_argnames=("cfg",))  # the intervention is a traced pytree hook
+def _nll(params, tokens_BT, mask_BT, target_BT, intervention, *, cfg):
     """Sum of -log p(token t | tokens < t) over target positions, and their count, per row."""
     logits = forward(params, tokens_BT, cfg, mask_BT=mask_BT, intervention=intervention).logits
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)

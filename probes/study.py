@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import runpy
 import time
 import typing
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ import jax
 import numpy as np
 
 from minimal_lm import SCHEMES, ConfigError, Tokenizer, from_pretrained, init_params
-from minimal_lm.run_dir import checkpoint_steps, load_run, read_log, write_atomic
+from minimal_lm.files import atomic_file, write_atomic
+from minimal_lm.run_dir import checkpoint_steps, load_run
 from probes.disrupt import SELECT
-from probes.emergence import DISRUPTION_LOG, accuracy_by_kind, read_disruption_log
+from probes.emergence import DISRUPTION_LOG, accuracy_by_kind
 from probes.experiment import evaluate, modes_for
 from probes.records import TrainingProbe, drop_after, record_dir
-from train.config import RunConfig, apply_overrides, config_diff, parse_value
+from train.checkpoint import append_log, truncate_log
+from train.config import RunConfig, apply_overrides, config_diff, load_python
 
 PROBE_SOURCES = ("items", "heldout")
 DISRUPT_TASKS = ("synthetic", "paper", "none")
@@ -116,51 +117,15 @@ class StudyConfig:
         return {"study": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, **self.base.to_dict()}
 
 
+SECTIONS = {"study": "", "model": "base.model", "train": "base.train", "data": "base.data"}
+"""Where override keys go: `study.KEY` sets a StudyConfig field, `model.`, `train.`, `data.` the base run config."""
+
+
 def load_study(spec: str | Path, overrides: typing.Sequence[str] = ()) -> StudyConfig:
-    """Run the Python file `path[:NAME]` and take its StudyConfig NAME (default STUDY). Overrides
-    `study.key=value` set study fields (lists comma-separated); other `key=value` go to the base RunConfig."""
-    path, name = _split_spec(str(spec))
-    if not path.is_file():
-        raise ConfigError(f"study config {path}: not found")
-    try:
-        study = runpy.run_path(str(path)).get(name)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(study, StudyConfig):
-        raise ConfigError(f"{path}: expected a module-level `{name} = StudyConfig(...)`, got {type(study).__name__}")
-    return apply_study_overrides(study, overrides)
-
-
-def _split_spec(spec: str) -> tuple[Path, str]:
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.isidentifier() and Path(head).suffix == ".py":
-        return Path(head), tail
-    return Path(spec), "STUDY"
-
-
-def apply_study_overrides(study: StudyConfig, overrides: typing.Sequence[str]) -> StudyConfig:
-    hints = typing.get_type_hints(StudyConfig)
-    own, rest = {}, []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not key.startswith("study."):
-            rest.append(item)
-            continue
-        name = key[len("study."):]
-        if not sep or name not in hints or name == "base":
-            valid = ", ".join(f"study.{n}" for n in hints if n != "base")
-            raise ConfigError(f"override {item!r}: expected study.KEY=value with KEY one of {valid}")
-        hint = hints[name]
-        if typing.get_origin(hint) is tuple:
-            elem = typing.get_args(hint)[0]
-            own[name] = tuple(parse_value(t.strip(), elem, key) for t in text.split(",") if t.strip())
-        else:
-            own[name] = parse_value(text, hint, key)
-    try:
-        base = apply_overrides(study.base, rest)
-        return dataclasses.replace(study, base=base, **own)
-    except ConfigError as e:
-        raise ConfigError(f"overrides: {e}") from None
+    """The StudyConfig `STUDY` of the Python file `spec` (`path.py:NAME` picks another name), with overrides:
+    `study.key=value` sets a study field (a list comma-separated), `model.`, `train.`, `data.` keys the base
+    RunConfig. The loader and the parser are train.config's, as for a run."""
+    return apply_overrides(load_python(spec, StudyConfig, "STUDY"), overrides, sections=SECTIONS)
 
 
 def _check(name, value, ok, expected):
@@ -246,10 +211,8 @@ def probe_batch(study: StudyConfig, out: Path) -> tuple[np.ndarray, np.ndarray]:
 
         tokens = make_source(study.base.data).eval_batch(1 << 16, study.probe_rows, study.probe_len)[:, 1:]
         mask = np.ones(tokens.shape, bool)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.savez(f, tokens=tokens.astype(np.int32), mask=mask)
-    tmp.replace(path)
     return tokens, mask
 
 
@@ -286,7 +249,7 @@ def train_scheme(study: StudyConfig, cfg: RunConfig, run_dir: Path, batch, runs:
     if done >= stop:  # training would not run to vet it: a damaged last checkpoint is set aside here
         done = _newest_restorable(run_dir, cfg)
     drop_after(run_dir, done)
-    _truncate_log(run_dir, done)
+    truncate_log(run_dir / DISRUPTION_LOG, done)
     probe = TrainingProbe(cfg.model, *batch, lam=study.lam, k=study.top_k)
     tokenizer = []
 
@@ -347,16 +310,7 @@ def _log(run_dir: Path, step: int, tokens_seen: int, acc: dict) -> None:
     line = {"step": step, "tokens_seen": tokens_seen,
             "accuracy": {m: {k: v["accuracy"] for k, v in kinds.items()} for m, kinds in acc.items()},
             "n": {k: v["n"] for k, v in next(iter(acc.values())).items()}}
-    with open(run_dir / DISRUPTION_LOG, "a") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-def _truncate_log(run_dir: Path, step: int) -> None:
-    path = run_dir / DISRUPTION_LOG
-    lines = read_log(path)
-    keep = [x for x in read_disruption_log(run_dir) if x["step"] <= step]
-    if len(keep) != len(lines):
-        write_atomic(path, "".join(json.dumps(x) + "\n" for x in keep))
+    append_log(run_dir / DISRUPTION_LOG, line)
 
 
 def final_dir(run_dir: Path, step: int) -> Path:

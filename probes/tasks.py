@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from minimal_lm.files import read_jsonl
+
 PASSKEY_INSTRUCTION = ("There is important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                        "I will quiz you about the important information there.")
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -259,13 +261,7 @@ def _read_json(path):
 
 
 def _read_jsonl(path):
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    rows = [(f"{path}:{n}", row) for n, row in read_jsonl(path)]
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows

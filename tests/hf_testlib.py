@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
          "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
@@ -187,8 +187,8 @@ def tiny_tokenizer(path, vocab_size=300, add_bos_token=None, chat_template_file=
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     tok.save(os.path.join(path, "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "special": True}, "pad_token": "<pad>",
-              "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512}
+    config = {"bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "special": True},
+              "pad_token": "<pad>", "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512}
     if add_bos_token is not None:
         config["add_bos_token"] = add_bos_token
     if chat_template_file:
@@ -205,6 +205,7 @@ def random_params(cfg, seed=0, std=0.15):
     """Params of init_params' structure filled by numpy (no compilation): weights N(0, std), norm
     scales N(1, 0.1), biases N(0, std), so parity is tested with nothing left at a trivial value."""
     import jax
+
     from minimal_lm import init_params
 
     rng = np.random.RandomState(seed)

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import jax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minimal_lm import ConfigError, Llama3Scaling, count_params
 from train.__main__ import main
-from train.config import RunConfig, apply_overrides, config_diff, load_config
+from train.config import RunConfig, apply_overrides, config_diff, config_keys, load_config
 from train.step import init_state
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.py"))
@@ -37,7 +38,8 @@ def test_config_loads_and_builds(path):
 
 
 def test_shipped_disrupt_configs_load():
-    from probes.experiment import check_run, load_config as load_disrupt_config
+    from probes.experiment import check_run
+    from probes.experiment import load_config as load_disrupt_config
 
     paths = sorted(CONFIGS[0].parent.glob("*.json"))
     assert "disrupt_synthetic" in {p.stem for p in paths}
@@ -89,6 +91,29 @@ def test_overrides_parse_each_type():
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(RunConfig(), [override])
+
+
+def test_tuples_are_comma_separated_and_a_file_may_name_its_config(tmp_path):
+    cfg = apply_overrides(RunConfig(), ["model.layer_windows=4,0"])
+    assert cfg.model.layer_windows == (4, 0)
+    with pytest.raises(ConfigError, match=r"model.layer_windows='4,x': expected comma-separated integers"):
+        apply_overrides(RunConfig(), ["model.layer_windows=4,x"])
+    (tmp_path / "two.py").write_text("from train.config import RunConfig\nSMALL = RunConfig()\n")
+    assert load_config(f"{tmp_path / 'two.py'}:SMALL", ["train.steps=70"]).train.steps == 70
+    with pytest.raises(ConfigError, match=r"expected a module-level `CONFIG = RunConfig\(...\)`"):
+        load_config(tmp_path / "two.py")
+
+
+def test_help_lists_the_subcommands_and_keys_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f"\n  {name} " in out for name in ("prepare", "items", "keys"))
+    assert "python -m train keys" in out
+    assert main(["keys", "--config", str(CONFIGS[0].with_name("tiny_rope.py")), "train.steps=70"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == {key for key, _, _ in config_keys(RunConfig())}
+    assert rows["train.steps"].split()[1] == "70" and "an integer" in rows["train.steps"]
 
 
 def test_cli_config_errors_exit_2(tmp_path, capsys):

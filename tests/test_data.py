@@ -7,7 +7,7 @@ from tokenizers import Tokenizer
 
 from train.__main__ import main
 from train.config import DataConfig
-from train.data import ShardSource, Shards, make_source
+from train.data import Shards, ShardSource, make_source
 from train.prepare import prepare
 
 TEXT = "".join(f"Doc line {i}: the grass is green and the sky is blue, {i * 7 % 13} times.\n" for i in range(300))

@@ -131,7 +131,7 @@ def _everything(s, i, x):
     return x
 
 
-@functools.partial(jax.jit, static_argnames=("hook", "cfg"))
+@functools.partial(jax.jit, static_argnames=("cfg",))  # the hook is a traced pytree
 def _forward(params, tokens, mask, cfg, hook=None):
     return forward(params, tokens, cfg, mask_BT=mask, intervention=hook, capture=_everything)
 
@@ -171,7 +171,7 @@ def test_layers_select_under_scan_and_unrolled(params, batch, cfg, plain):
     assert not np.allclose(scanned.captured["q"][1], plain.captured["q"][1])
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "hook", "decode_hooks"))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _prefill_then_steps(params, tokens, mask, cfg, hook, decode_hooks):
     """Prefill the cache with the prompt under `hook`, then one decode step of a fixed token per decode
     hook, each from that cache; q and k captured."""

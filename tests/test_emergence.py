@@ -42,7 +42,7 @@ def test_disruption_log_keeps_the_last_line_per_step_and_skips_a_cut_off_line(tm
     (tmp_path / em.DISRUPTION_LOG).write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 8, "v"')
     assert [(x["step"], x["v"]) for x in em.read_disruption_log(tmp_path)] == [(0, 1), (4, 2)]
     (tmp_path / em.DISRUPTION_LOG).write_text('{"step": 0\n{"step": 4}\n')
-    with pytest.raises(ValueError, match="disruption.jsonl, line 1: not valid JSON"):
+    with pytest.raises(ValueError, match="disruption.jsonl:1: not valid JSON"):
         em.read_disruption_log(tmp_path)
 
 

@@ -27,7 +27,7 @@ def loaded(checkpoint):
 def _greedy_by_hand(params, cfg, prompt, steps, prefill_hook):
     """Prefill with the hook, then decode one token at a time with no hook (the paper's scope)."""
     step = jax.jit(lambda p, t, pos, c, hook=None: forward(p, t, cfg, positions_BT=pos, cache=c, intervention=hook,
-                                                           last_only=True), static_argnames="hook")
+                                                           last_only=True))  # the hook is a traced pytree
     tokens = jnp.asarray([prompt], jnp.int32)
     out = step(params, tokens, jnp.arange(len(prompt))[None], init_cache(cfg, 1, len(prompt) + steps), prefill_hook)
     got = []

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from hf_testlib import random_params, save, tiny_hf
-from minimal_lm import ModelConfig, forward, from_pretrained, generate
+from flax import struct
 
-_forward = jax.jit(forward, static_argnames=("cfg", "intervention"))
+from minimal_lm import ModelConfig, as_hook, forward, from_pretrained, generate
+
+_forward = jax.jit(forward, static_argnames=("cfg",))  # hooks are traced pytrees
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def full_recompute(params, cfg, prompt, new, intervention=None, length=64):
     """Logits of the whole sequence at the positions that predict each new token, without a cache.
     Right padding to a fixed length (harmless under causal attention) keeps one compiled program."""
     seq = prompt + new + [0] * (length - len(prompt) - len(new))
-    logits = _forward(params, jnp.asarray([seq]), cfg=cfg, intervention=intervention).logits
+    logits = _forward(params, jnp.asarray([seq]), cfg=cfg, intervention=as_hook(intervention)).logits
     return np.asarray(logits[0, len(prompt) - 1:len(prompt) + len(new) - 1])
 
 
@@ -120,22 +122,32 @@ def test_bad_arguments(ours):
         generate(params, cfg, [[1], []], 4)
 
 
-def test_unhashable_hook_with_bind(ours):
-    """A hook holding arrays (unhashable) works, and bind(mask_BT) sees the prompt's real tokens."""
+@struct.dataclass
+class _ScaleV:
+    """A hook holding an array (traced), with bind(mask_BT) that sees the prompt's real tokens."""
+
+    s_E: jax.Array
+    mask_BT: jax.Array | None = None
+
+    def bind(self, mask_BT):
+        return self.replace(mask_BT=mask_BT)
+
+    def __call__(self, site, layer, x):
+        assert self.mask_BT is not None and self.mask_BT.shape == (1, 32), "bind saw the padded prompt"
+        return x * self.s_E if site == "v" else x
+
+
+def test_array_hook_with_bind_is_traced(ours):
+    """A hook holding arrays is a traced argument: another value of it reuses the compiled program, and
+    bind(mask_BT) sees the prompt's real tokens. (It replaces a test of unhashable hooks passed by identity.)"""
+    from minimal_lm.generate import _generate
+
     cfg, params = ours
-
-    class Scale:
-        __hash__ = None
-
-        def __init__(self):
-            self.s_E, self.masks = jnp.full((cfg.dim_per_head,), -1.0), []
-
-        def bind(self, mask_BT):
-            self.masks.append(mask_BT.shape)
-            return lambda site, layer, x: x * self.s_E if site == "v" else x
-
     prompt = prompts([30], cfg.vocab_size, seed=2)[0]
-    hook = Scale()
-    a = generate(params, cfg, [prompt], 16, intervention=hook, intervene_on="prefill")
+    a = generate(params, cfg, [prompt], 16, intervention=_ScaleV(jnp.full((cfg.dim_per_head,), -1.0)),
+                 intervene_on="prefill")
     assert a == generate(params, cfg, [prompt], 16, intervention=flip_v, intervene_on="prefill")
-    assert hook.masks == [(1, 32)]
+    before = _generate._cache_size()
+    b = generate(params, cfg, [prompt], 16, intervention=_ScaleV(jnp.full((cfg.dim_per_head,), 3.0)),
+                 intervene_on="prefill")
+    assert _generate._cache_size() == before and b != a

@@ -75,7 +75,8 @@ def test_run_directory_exports_through_the_cli(tmp_path):
     from hf_testlib import tiny_tokenizer
     from minimal_lm import Tokenizer
     from minimal_lm.__main__ import main
-    from minimal_lm.run_dir import PARAMS, checkpoint_manager
+    from minimal_lm.run_dir import PARAMS
+    from train.checkpoint import checkpoint_manager
 
     run = tmp_path / "run"
     cfg = random_model(num_kv_heads=2, tie_embeddings=False)[0].replace(vocab_size=300)  # the tokenizer's

@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 import pytest
-from hf_testlib import save, tiny_hf
 
+from hf_testlib import save, tiny_hf
 from minimal_lm import CheckpointError, from_pretrained
 
 hub = pytest.importorskip("huggingface_hub")

@@ -70,16 +70,25 @@ def test_capture_returns_every_site_stacked_over_layers():
     assert set(stats) == {"k"} and stats["k"].shape == (L,)
 
 
-def test_intervention_sees_traced_layer_index_in_scan_and_python_int_unrolled():
+def test_intervention_sees_an_int32_array_layer_index_scanned_and_unrolled():
+    """The layer index is never a Python int: a traced int32 scalar under the scan (and under jit when
+    unrolled), a concrete int32 array in an unjitted unrolled forward."""
     cfg = tiny("rope")
     params = init_params(cfg, jax.random.key(4))
     toks = tokens()
-    zero_v_in_layer_1 = lambda s, l, x: jnp.where(l == 1, 0.0, x) if s == "v" else x
+    seen = []
+
+    def zero_v_in_layer_1(s, l, x):
+        seen.append(l)
+        return jnp.where(l == 1, 0.0, x) if s == "v" else x
+
     scanned = jax.jit(lambda p: forward(p, toks, cfg, intervention=zero_v_in_layer_1).logits)(params)
     unrolled = forward(params, toks, cfg.replace(scan_layers=False), intervention=zero_v_in_layer_1).logits
     plain = forward(params, toks, cfg).logits
     np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-5)
     assert not np.allclose(scanned, plain)
+    assert seen and all(isinstance(l, jax.Array) and l.shape == () and l.dtype == jnp.int32 for l in seen)
+    assert any(isinstance(l, jax.core.Tracer) for l in seen)
 
 
 @pytest.mark.parametrize("position", SCHEMES)

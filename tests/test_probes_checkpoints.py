@@ -9,8 +9,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from hf_testlib import random_params, save, tiny_hf, tiny_tokenizer
 
+from hf_testlib import random_params, save, tiny_hf, tiny_tokenizer
 from minimal_lm import from_pretrained
 from probes import emergence
 from probes.__main__ import main
@@ -144,7 +144,8 @@ def _run_dir(path, cfg, steps):
     import orbax.checkpoint as ocp
 
     from minimal_lm import Tokenizer
-    from minimal_lm.run_dir import PARAMS, checkpoint_manager
+    from minimal_lm.run_dir import PARAMS
+    from train.checkpoint import checkpoint_manager
 
     path.mkdir()
     Tokenizer.from_dir(tiny_tokenizer(path.parent / "tok")).backend.save(str(path / "tokenizer.json"))

@@ -6,12 +6,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from hf_testlib import save, tiny_hf, tiny_tokenizer
 
+from hf_testlib import save, tiny_hf, tiny_tokenizer
 from minimal_lm import ModelConfig, init_params
 from probes.__main__ import main
-from probes.massive_cmd import massive_report
 from probes.massive import PROBE_SITES, threshold_mask, topk_dims
+from probes.massive_cmd import massive_report
 from probes.prompts import DEFAULT_PROMPTS
 
 H, K, E, L, DIM = 4, 2, 16, 2, 7  # DIM: lowest-frequency dim of the first half (rotate_half)

@@ -3,8 +3,8 @@ embedding on a tiny random Llama (float32, eager attention), loaded through from
 import numpy as np
 import pytest
 import torch
-from hf_testlib import hf_sites, save, tiny_hf
 
+from hf_testlib import hf_sites, save, tiny_hf
 from minimal_lm import from_pretrained
 from probes import massive
 

@@ -101,7 +101,7 @@ def test_weight_per_channel_matches_reference(params):
 
 def test_quantized_models_run_and_int8_is_close(params):
     toks = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, CFG.vocab_size)
-    run = jax.jit(lambda p, hook=None: forward(p, toks, CFG, intervention=hook).logits, static_argnames="hook")
+    run = jax.jit(lambda p, hook=None: forward(p, toks, CFG, intervention=hook).logits)  # hook: a traced pytree
     plain = run(params)
     for transform in (lambda b: (quantize_weights(params, b), None), lambda b: (params, QuantizeActs(bits=b))):
         err8, err3 = (float(jnp.abs(run(*transform(b)) - plain).max()) for b in (8, 3))

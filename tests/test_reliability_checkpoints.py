@@ -14,7 +14,6 @@ from minimal_lm.run_dir import checkpoint_steps, load_run
 from train import read_metrics, run
 from train.checkpoint import CORRUPT, CheckpointWarning, RunDirConflict, open_run_dir, resume
 from train.step import init_state
-
 from train_testlib import same_params, tiny
 
 

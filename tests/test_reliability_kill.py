@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimal_lm.run_dir import checkpoint_manager, checkpoint_steps
+from minimal_lm.run_dir import checkpoint_steps
 from probes.records import read_records
 from train import load_config, read_metrics, run
-from train.checkpoint import restore
+from train.checkpoint import checkpoint_manager, restore
 from train.step import init_state
 
 ROOT = Path(__file__).parents[1]

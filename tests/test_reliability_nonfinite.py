@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimal_lm.run_dir import checkpoint_manager, checkpoint_steps, load_run
+from minimal_lm.run_dir import checkpoint_steps, load_run
 from train import NonFiniteLoss, load_config, loop, read_metrics, run
-from train.checkpoint import restore
+from train.checkpoint import checkpoint_manager, restore
 from train.data import make_source
 from train.step import init_state, steps
 

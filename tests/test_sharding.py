@@ -87,7 +87,8 @@ TRAIN_ON_MESHES = """
     cfg3, p3, _ = load_run(out + "/mesh", step=3)
     print(json.dumps({"losses": losses, "n": len(losses["one"]),
                       "params_diff": {n: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                             for a, b in zip(jax.tree.leaves(params["one"]), jax.tree.leaves(params[n])))
+                                             for a, b in zip(jax.tree.leaves(params["one"]),
+                                                             jax.tree.leaves(params[n])))
                                       for n in ("mesh", "moved")},
                       "restored_on_one_device": len(jax.tree.leaves(p3)[0].devices())}))
 """

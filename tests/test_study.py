@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from minimal_lm import ConfigError, count_params
-from minimal_lm.run_dir import load_run, read_log
+from minimal_lm.files import read_log
+from minimal_lm.run_dir import load_run
 from probes import emergence as em
 from probes.__main__ import main
 from probes.emergence import read_disruption_log
@@ -195,7 +196,8 @@ def test_shipped_study_configs_build():
     ("study.disrupt_modes=none,int4", "study.disrupt_modes: ['int4'] not allowed"),
     ("study.top_k=64", "study.top_k=64: expected at most head_dim=32"),
     ("study.lam=0", "study.lam=0.0: expected a positive number"),
-    ("study.probes=3", "override 'study.probes=3': expected study.KEY=value with KEY one of study.schemes"),
+    ("study.probes=3", "unknown key 'study.probes'; valid keys under study: study.schemes"),
+    ("study.base.train.steps=3", "unknown key 'study.base.train.steps'; valid keys under study: study.schemes"),
     ("train.stepz=3", "unknown key 'train.stepz'"),
 ])
 def test_bad_study_settings_are_named(override, message):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minimal_lm.config import ConfigError
 from train import load_config, synthetic
@@ -35,7 +36,8 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 @given(seed=st.integers(0, 2**31), step=st.integers(0, 10**6), row=st.integers(0, 1000), length=st.integers(2, 600),
        digits=st.integers(1, 12), pairs=st.integers(0, 8))
 def test_sequences_are_bos_then_printable_ascii(seed, step, row, length, digits, pairs):
-    ids = synthetic.sequence(DataConfig(seed=seed, passkey_digits=digits, recall_pairs=pairs), "train", step, row, length)
+    cfg = DataConfig(seed=seed, passkey_digits=digits, recall_pairs=pairs)
+    ids = synthetic.sequence(cfg, "train", step, row, length)
     assert len(ids) == length and ids[0] == synthetic.BOS
     text = synthetic.decode(ids[1:])
     assert all(c == "\n" or " " <= c <= "~" for c in text)
@@ -163,7 +165,8 @@ def test_items_cli_writes_both_kinds_for_the_disrupt_task_file(tmp_path, capsys)
     assert not [f for f in tmp_path.iterdir() if ".tmp" in f.name]
     with pytest.raises(SystemExit) as e:
         main(["items", "--config", str(CONFIGS / "gpt2_124m.py"), "--out", str(tmp_path / "x.jsonl")])
-    assert e.value.code == 2 and "data.kind='shards'; items exist only for data.kind='synthetic'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "data.kind='shards'; items exist only for data.kind='synthetic'" in err
     with pytest.raises(SystemExit) as e:
         main(["items", "--config", str(CONFIGS / "tiny_rope.py"), "--n", "0", "--out", str(tmp_path / "x.jsonl")])
     assert e.value.code == 2 and "--n=0: expected a positive integer" in capsys.readouterr().err

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from hf_testlib import random_params
-
 from minimal_lm import ModelConfig, forward
 from probes import scoring, tasks
 from probes.scoring import contains, distinct_n, first_yes_no, last_number, option, sentiment, yes_no
@@ -144,7 +143,8 @@ def test_loaders_read_the_public_formats(tmp_path):
     assert scoring.score(a.scorer, "B) 4", a.items[0])
     (tmp_path / "imdb.csv").write_text('text,label\n"A fine, moving film",1\nDull,0\n')
     i = tasks.build("imdb", task_file=tmp_path / "imdb.csv")
-    assert [it["answer"] for it in i.items] == ["Positive", "Negative"] and "A fine, moving film" in i.items[0]["prompt"]
+    assert [it["answer"] for it in i.items] == ["Positive", "Negative"]
+    assert "A fine, moving film" in i.items[0]["prompt"]
     (tmp_path / "cities.csv").write_text("statement,label,city,country,correct_country\n"
                                          "The city of Kyoto is in Japan.,1,Kyoto,Japan,Japan\n"
                                          "The city of Lyon is in Peru.,0,Lyon,Peru,France\n")

@@ -15,7 +15,6 @@ from train.__main__ import main
 from train.checkpoint import RunDirConflict
 from train.prepare import prepare
 from train.synthetic import unigram_entropy
-
 from train_testlib import CONFIGS, TINY, same_params, tiny
 
 

@@ -1,6 +1,7 @@
 """`python -m train --config configs/NAME.py --out RUN_DIR [key=value ...]` trains (or resumes);
 `python -m train prepare --out DATA_DIR FILE ...` writes token shards; `python -m train items --config
-configs/NAME.py --out ITEMS.jsonl` writes held-out synthetic items for `python -m probes disrupt --task jsonl`.
+configs/NAME.py --out ITEMS.jsonl` writes held-out synthetic items for `python -m probes disrupt --task jsonl`;
+`python -m train keys [--config configs/NAME.py] [key=value ...]` lists every config key with its value.
 Bad input (config, overrides, paths, data, a run directory of another config) exits with code 2; a
 non-finite loss or unusable checkpoints with 1."""
 from __future__ import annotations
@@ -11,6 +12,18 @@ from pathlib import Path
 
 from minimal_lm.config import ConfigError
 
+USAGE = """python -m train --config FILE --out RUN_DIR [--distributed] [key=value ...]
+       python -m train {prepare,items,keys} ...  (each with --help)"""
+EPILOG = """subcommands:
+  prepare   tokenize text files into token shards (a data.kind=shards directory)
+  items     write held-out items of a synthetic-corpus run as JSONL, for `python -m probes disrupt`
+  keys      list every config key (model.*, train.*, data.*) with what it takes and its value:
+            `python -m train keys` for the defaults, `python -m train keys --config FILE [key=value ...]`
+            for a config with its overrides
+
+exit codes: 2 for bad input (config, overrides, paths, data, a run directory of another config),
+1 for a non-finite loss or unusable checkpoints"""
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -18,10 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         return _prepare(argv[1:])
     if argv[:1] == ["items"]:
         return _items(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m train", description="Train (or resume) a run.")
+    if argv[:1] == ["keys"]:
+        return _keys(argv[1:])
+    p = argparse.ArgumentParser(
+        prog="python -m train", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train (or resume) a run.", epilog=EPILOG)
     p.add_argument("--config", required=True, help="a Python file exposing CONFIG = RunConfig(...)")
     p.add_argument("--out", required=True, help="run directory (created, or resumed if it holds this run)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.position=alibi train.steps=200")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model.position=alibi train.steps=200 (every key: python -m train keys)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host: TPU pod slices, "
                         "several GPU hosts; the usual JAX coordinator environment variables apply)")
@@ -101,6 +119,26 @@ def _items(argv: list[str]) -> int:
     except OSError as e:
         p.exit(2, f"python -m train items: cannot write {args.out}: {e}\n")
     print(f"wrote {args.out}: {len(items)} items ({args.n} contextual, {args.n} parametric)")
+    return 0
+
+
+def _keys(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m train keys",
+                                description="List every config key an override can set, with what it takes and "
+                                            "its value (the defaults, or a config file's with its overrides).")
+    p.add_argument("--config", help="a Python file exposing CONFIG = RunConfig(...) (default: the defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    from train.config import RunConfig, apply_overrides, config_keys, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides) if args.config else apply_overrides(RunConfig(), args.overrides)
+    except ConfigError as e:
+        p.exit(2, f"python -m train keys: config error: {e}\n")
+    rows = config_keys(cfg)
+    width = max(len(k) for k, _, _ in rows)
+    for key, kind, value in rows:
+        print(f"{key:<{width}}  {value!r:<12}  {kind}")
     return 0
 
 

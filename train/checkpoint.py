@@ -1,9 +1,12 @@
-"""Run directories and their orbax checkpoints: params, optimizer state, step, data position and
-checksums are saved together at each checkpoint step; the same command run again resumes from the
-newest checkpoint that restores and verifies, setting damaged newer ones aside."""
+"""Run directories and their orbax checkpoints, the training side: one writer per directory (a run of
+another config is refused), the CheckpointManager, params, optimizer state, step, data position and
+checksums saved together at each checkpoint step, resume from the newest checkpoint that restores and
+verifies (damaged newer ones set aside), and the run's JSON-lines logs. Reading a run for inference
+(`from_pretrained`) is minimal_lm.run_dir's, which defines the item names and checksums used here."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -12,8 +15,18 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 from minimal_lm.config import ConfigError
-from minimal_lm.run_dir import (CHECKPOINTS, META, OPT_STATE, PARAMS, abstract, checkpoint_manager, checkpoint_steps,
-                                checksums, shape_mismatches, verify, write_atomic)
+from minimal_lm.files import read_log, write_atomic
+from minimal_lm.run_dir import (
+    CHECKPOINTS,
+    META,
+    OPT_STATE,
+    PARAMS,
+    abstract,
+    checkpoint_steps,
+    checksums,
+    shape_mismatches,
+    verify,
+)
 from minimal_lm.safetensors_io import CheckpointError
 from train.config import RunConfig, config_diff
 from train.step import TrainState
@@ -66,7 +79,21 @@ def open_run_dir(out: Path, cfg: RunConfig) -> None:
     write_atomic(cfg_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
+def checkpoint_manager(path, read_only: bool = True, **options) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager on path/checkpoints (read-only by default, without orbax's notices)."""
+    options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
+                                           **({"save_interval_steps": 0} if read_only else {}), **options)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR if read_only else level)
+    try:
+        return ocp.CheckpointManager(Path(path).absolute() / CHECKPOINTS, options=options)
+    finally:
+        absl.setLevel(level)
+
+
 def manager(out: Path, cfg: RunConfig) -> ocp.CheckpointManager:
+    """The writing manager of a run: keeps train.keep_checkpoints (and every train.keep_every-th)."""
     tc = cfg.train
     return checkpoint_manager(out, read_only=False, max_to_keep=tc.keep_checkpoints,
                               keep_period=tc.keep_every or None, cleanup_tmp_directories=True)
@@ -143,3 +170,21 @@ def _set_aside(out: Path, step: int) -> Path:
     dest.parent.mkdir(exist_ok=True)
     os.replace(out / CHECKPOINTS / str(step), dest)
     return dest
+
+
+def append_log(path, line: dict) -> None:
+    """Append one JSON line to a run's log (metrics.jsonl, the study's disruption.jsonl)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def truncate_log(path, step: int) -> None:
+    """Cut a run's log back to what a run resuming from the checkpoint at `step` continues: lines up to
+    `step`, one per step (the last written wins), without a cut-off last line. Rewritten atomically, and
+    only when a line goes."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = sorted({x["step"]: x for x in read_log(path) if x["step"] <= step}.values(), key=lambda x: x["step"])
+    if len(keep) != sum(1 for s in path.read_text(encoding="utf-8").splitlines() if s.strip()):
+        write_atomic(path, "".join(json.dumps(x) + "\n" for x in keep))

@@ -113,40 +113,77 @@ class RunConfig:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ConfigError(f"{where}: expected sections model, train, data; got {got}")
         parts = (ModelConfig.from_dict(d["model"], f"{where}: model"),
-                 build_dataclass(TrainConfig, d["train"], f"{where}: train"), build_dataclass(DataConfig, d["data"], f"{where}: data"))
+                 build_dataclass(TrainConfig, d["train"], f"{where}: train"),
+                 build_dataclass(DataConfig, d["data"], f"{where}: data"))
         try:
             return cls(*parts)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Run the Python file at `path`, take its `CONFIG`, apply `key=value` overrides."""
-    path = Path(path)
+def load_config(spec: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """The RunConfig `CONFIG` of the Python file `spec` (`path.py:NAME` picks another name), with dotted
+    `key=value` overrides applied."""
+    return apply_overrides(load_python(spec, RunConfig, "CONFIG"), overrides)
+
+
+# ---- the one config loader and override parser: run configs here, the study's (probes.study) too -------
+
+
+def load_python(spec: str | Path, cls: type, name: str):
+    """Run the Python file `spec` and return its module-level `name`, which must be a `cls`; `path.py:NAME`
+    in `spec` picks another name. A ConfigError names the file."""
+    head, sep, tail = str(spec).rpartition(":")
+    path = Path(spec)
+    if sep and tail.isidentifier() and Path(head).suffix == ".py":
+        path, name = Path(head), tail
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
     try:
-        cfg = runpy.run_path(str(path)).get("CONFIG")
+        obj = runpy.run_path(str(path)).get(name)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(cfg, RunConfig):
-        raise ConfigError(f"{path}: expected a module-level `CONFIG = RunConfig(...)`, got {type(cfg).__name__}")
-    return apply_overrides(cfg, overrides)
+    if not isinstance(obj, cls):
+        raise ConfigError(f"{path}: expected a module-level `{name} = {cls.__name__}(...)`, got {type(obj).__name__}")
+    return obj
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `a.b=value` strings; all changes to one dataclass are applied together, then validated."""
+def apply_overrides(cfg, overrides: typing.Sequence[str], *, sections: dict[str, str] | None = None):
+    """Apply dotted `key=value` strings to the frozen dataclass `cfg` (a RunConfig, or a study). Each value
+    is parsed as its field's type (parse_value); all changes to one dataclass are applied together, then
+    validated. `sections` maps a key's first part to the field path it sets ("" for cfg's own fields): the
+    study's `study.KEY` are its own fields and `model.`, `train.`, `data.` its base run config's."""
     changes: dict = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=200")
-        _insert(changes, RunConfig, key.split("."), text, key)
-    return _apply(cfg, changes, "")
+        node, cls, parts, prefix, hidden = changes, type(cfg), key.split("."), "", set()
+        if sections is not None:
+            if parts[0] not in sections:
+                raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(sections)}")
+            path = [p for p in sections[parts[0]].split(".") if p]
+            for name in path[:-1]:
+                cls, node = _dataclass_of(typing.get_type_hints(cls)[name]), node.setdefault(name, {})
+            if path:
+                parts = path[-1:] + parts[1:]
+            else:
+                parts, prefix = parts[1:], parts[0] + "."
+                hidden = {p.split(".")[0] for p in sections.values() if p}
+                if not parts:
+                    raise ConfigError(f"override {item!r}: expected {prefix}KEY=value")
+        _insert(node, cls, parts, text, key, prefix, hidden)
+    shown = {}  # field path -> the key prefix the user wrote for it, where sections rename it
+    for head, path in (sections or {}).items():
+        parts = [p for p in path.split(".") if p]
+        shown |= {".".join(parts[:i]) + "." if i else "": "" for i in range(len(parts))}
+        if parts:
+            shown[path + "."] = head + "."
+    return _apply(cfg, changes, "", shown)
 
 
-def _insert(changes, cls, parts, text, key, prefix=""):
-    hints = typing.get_type_hints(cls)
+def _insert(changes, cls, parts, text, key, prefix="", hidden=()):
+    hints = {n: h for n, h in typing.get_type_hints(cls).items() if n not in hidden}
     name = parts[0]
     if name not in hints:
         valid = ", ".join(prefix + n for n in hints)
@@ -165,29 +202,38 @@ def _insert(changes, cls, parts, text, key, prefix=""):
     _insert(changes.setdefault(name, {}), sub, parts[1:], text, key, f"{prefix}{name}.")
 
 
-def _apply(obj, changes, prefix):
+def _apply(obj, changes, path, shown):
+    """`obj` with `changes` (a tree of field values) applied; errors are prefixed with the key the user
+    wrote (`shown` maps a field path to it where sections rename it)."""
     kw = {}
     for name, value in changes.items():
         if isinstance(value, dict):
             child = getattr(obj, name)
             if child is None:
                 child = _dataclass_of(typing.get_type_hints(type(obj))[name])()
-            value = _apply(child, value, f"{prefix}{name}.")
+            value = _apply(child, value, f"{path}{name}.", shown)
         kw[name] = value
     try:
         return dataclasses.replace(obj, **kw)
     except ConfigError as e:
-        msg = str(e)
+        msg, prefix = str(e), shown.get(path, path)
         raise ConfigError(msg if not prefix or msg.startswith(prefix) else f"{prefix[:-1]}: {msg}") from None
 
 
 def parse_value(text: str, hint, key: str):
-    """Parse `text` as the type `hint` of field `key`; a ConfigError says what was expected."""
+    """Parse `text` as the type `hint` of field `key`: none/null for an optional field, true/false (yes/no,
+    1/0), numbers, strings, a tuple as comma-separated items, a dataclass as a JSON object. A ConfigError
+    says what was expected."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
         if text.lower() in ("none", "null"):
             return None
         (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        try:
+            return tuple(parse_value(t.strip(), typing.get_args(hint)[0], key) for t in text.split(",") if t.strip())
+        except ConfigError:
+            raise ConfigError(f"{key}={text!r}: expected {_type_name(hint)}") from None
     try:
         if hint is bool:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -231,8 +277,27 @@ def _dataclass_of(hint):
     return None
 
 
+def config_keys(cfg, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, what it takes, value) of every key an override can set in the dataclass `cfg`, nested
+    dataclasses expanded (a None one is listed whole)."""
+    out = []
+    for name, hint in typing.get_type_hints(type(cfg)).items():
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            out += config_keys(value, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", _type_name(hint), value))
+    return out
+
+
 def _type_name(hint):
     names = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return f"{_type_name(inner)} or none"
+    if typing.get_origin(hint) is tuple and args[1:] == (Ellipsis,):
+        return f"comma-separated {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
     if dataclasses.is_dataclass(hint):
         return f"a JSON object with keys {', '.join(f.name for f in dataclasses.fields(hint))}"
     return names.get(hint, str(hint))

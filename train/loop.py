@@ -3,7 +3,6 @@ evaluate, checkpoint, stop on a non-finite loss (or skip that batch, with train.
 from __future__ import annotations
 
 import functools
-import json
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minimal_lm.config import ConfigError
-from minimal_lm.run_dir import read_log
+from minimal_lm.files import read_log
 from minimal_lm.safetensors_io import CheckpointError
 from minimal_lm.sharding import batch_sharding
 from train import checkpoint
@@ -51,7 +50,7 @@ def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
     if not start:
         checkpoint.save(mngr, 0, state)
         mngr.wait_until_finished()  # no metrics line before a checkpoint exists
-    _truncate_metrics(out / "metrics.jsonl", start)
+    checkpoint.truncate_log(out / "metrics.jsonl", start)  # a killed run may have logged further
     stop = min(tc.stop_after or tc.steps, tc.steps)
     train_step, eval_loss = steps(cfg.model, tc)
     if tc.skip_nonfinite:
@@ -149,16 +148,8 @@ class _Log:
                 "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                 "tokens_per_s": n * self.tokens_per_step / (now - self.last_time),
                 **({"skipped": self.skipped} if self.skipped else {}), **(extra or {})}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        checkpoint.append_log(self.path, line)
         self.losses, self.skipped, self.last_time, self.last_step = [], 0, now, step
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines past the checkpoint a run resumes from (a killed run may have logged further)."""
-    if path.is_file():
-        checkpoint.write_atomic(path, "".join(json.dumps(m) + "\n" for m in read_metrics(path.parent)
-                                              if m["step"] <= step))
 
 
 def read_metrics(out: str | Path) -> list[dict]:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minimal_lm.run_dir import write_atomic
+from minimal_lm.files import write_atomic
 from train.config import DataConfig
 
 BOS = 256
