@@ -1,9 +1,13 @@
 """Batched generation: left-padded prompts, a static-shape KV cache, one jit for prefill + decode loop.
 
 The intervention hook can act on the prompt only ("prefill", the paper's scope: the cached prompt
-keys are the ablated ones), on generated tokens only ("decode"), or on both ("all"). The hook is a traced
-argument of the one jitted program (a pytree, see minimal_lm.hooks): a new hook value of the same
-structure (other dims, values, patches) reuses the compiled program.
+keys are the ablated ones), on generated tokens only ("decode"), or on both ("all"): minimal_lm.hooks.SCOPES.
+A hook whose edit of a new token depends on the sequence so far (a disruption's column statistics) has
+`observer()` (a capture, before intervention, of this forward's statistics), `merge_history(h, new)` and
+`with_history(h)`: the decode loop carries that history, so a cached step edits the new token as a full
+forward of the sequence up to it would.
+The hook is a traced argument of the one jitted program (a pytree, see minimal_lm.hooks): a new hook value
+of the same structure (other dims, values, patches) reuses the compiled program.
 """
 from __future__ import annotations
 
@@ -13,12 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minimal_lm.batching import left_pad
 from minimal_lm.config import ModelConfig
-from minimal_lm.hooks import as_hook
+from minimal_lm.hooks import as_hook, check_scope
 from minimal_lm.model import forward, init_cache
-
-SCOPES = ("all", "prefill", "decode")
-_BUCKET = 32
 
 
 def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_tokens: int, *, eos_ids=(),
@@ -27,14 +29,14 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
     """New tokens for each prompt, up to and including the first EOS (at most max_new_tokens).
 
     Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted to the
-    top_k logits when top_k > 0. Prompts are left-padded to a multiple of 32 tokens so that nearby
-    lengths share one compiled program; padding never changes the result (a hook that reduces over
-    the sequence should define bind(mask_BT) to skip padded positions, as forward documents).
+    top_k logits when top_k > 0. Prompts are left-padded to minimal_lm.batching's bucket length (a
+    multiple of 32 tokens) so that nearby lengths share one compiled program; padding never changes the
+    result (a hook that reduces over the sequence should define bind(mask_BT) to skip padded positions, as
+    forward documents).
     The intervention is traced (a pytree hook, or a plain function wrapped by minimal_lm.hooks.as_hook and
     then compiled once per function object).
     """
-    if intervene_on not in SCOPES:
-        raise ValueError(f"intervene_on={intervene_on!r}: expected one of {', '.join(SCOPES)}")
+    check_scope(intervene_on, "intervene_on")
     if not prompts_tokens or any(len(p) == 0 for p in prompts_tokens):
         raise ValueError("prompts_tokens: expected a non-empty list of non-empty token lists")
     if max_new_tokens < 1:
@@ -48,11 +50,7 @@ def generate(params, cfg: ModelConfig, prompts_tokens: list[list[int]], max_new_
     bad = [t for p in prompts_tokens for t in p if not 0 <= t < cfg.vocab_size]
     if bad:
         raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {cfg.vocab_size})")
-    P = -(-longest // _BUCKET) * _BUCKET
-    tokens_BP = np.zeros((len(prompts_tokens), P), np.int32)
-    mask_BP = np.zeros((len(prompts_tokens), P), bool)
-    for b, p in enumerate(prompts_tokens):
-        tokens_BP[b, P - len(p):], mask_BP[b, P - len(p):] = p, True
+    tokens_BP, mask_BP = left_pad(prompts_tokens)
     hook = as_hook(intervention)
     eos_E = jnp.array([int(e) for e in eos_ids] or [-1], jnp.int32)
     out_BN, lengths_B = _generate(
@@ -68,9 +66,11 @@ def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, hook, 
               intervene_on):
     prefill_iv = hook if intervene_on in ("all", "prefill") else None
     decode_iv = hook if intervene_on in ("all", "decode") else None
+    observe = decode_iv.observer() if hasattr(decode_iv, "observer") else None
     B, P = tokens_BP.shape
     cache = init_cache(cfg, B, P + max_new_tokens)
-    out = forward(params, tokens_BP, cfg, mask_BT=mask_BP, cache=cache, intervention=prefill_iv, last_only=True)
+    out = forward(params, tokens_BP, cfg, mask_BT=mask_BP, cache=cache, intervention=prefill_iv, capture=observe,
+                  last_only=True)
     key, sub = jax.random.split(key)
     tok_B = _sample(out.logits[:, -1], sub, temperature, top_k)
     out_BN = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(tok_B)
@@ -78,20 +78,24 @@ def _generate(params, tokens_BP, mask_BP, key, eos_E, temperature, top_k, hook, 
     pos_B = mask_BP.sum(axis=1).astype(jnp.int32)
 
     def cond(state):
-        step, _, _, _, done_B, _, _, _ = state
+        step, _, _, _, done_B, _, _, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done_B)
 
     def body(state):
-        step, cache, tok_B, pos_B, done_B, out_BN, len_B, key = state
-        o = forward(params, tok_B[:, None], cfg, positions_BT=pos_B[:, None], cache=cache, intervention=decode_iv,
-                    last_only=True)
+        step, cache, tok_B, pos_B, done_B, out_BN, len_B, key, history = state
+        iv = decode_iv if observe is None else decode_iv.with_history(history)
+        o = forward(params, tok_B[:, None], cfg, positions_BT=pos_B[:, None], cache=cache, intervention=iv,
+                    capture=observe, last_only=True)
+        if observe is not None:
+            history = decode_iv.merge_history(history, o.captured)
         key, sub = jax.random.split(key)
         nxt_B = _sample(o.logits[:, -1], sub, temperature, top_k)
         out_BN = jax.lax.dynamic_update_slice(out_BN, nxt_B[:, None], (0, step))
         len_B = len_B + (~done_B).astype(jnp.int32)
-        return step + 1, o.cache, nxt_B, pos_B + 1, done_B | jnp.isin(nxt_B, eos_E), out_BN, len_B, key
+        return step + 1, o.cache, nxt_B, pos_B + 1, done_B | jnp.isin(nxt_B, eos_E), out_BN, len_B, key, history
 
-    state = (jnp.int32(1), out.cache, tok_B, pos_B, done_B, out_BN, jnp.ones((B,), jnp.int32), key)
+    history = out.captured if observe is not None else None
+    state = (jnp.int32(1), out.cache, tok_B, pos_B, done_B, out_BN, jnp.ones((B,), jnp.int32), key, history)
     state = jax.lax.while_loop(cond, body, state)
     return state[5], state[6]
 

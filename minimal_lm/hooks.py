@@ -32,6 +32,18 @@ from flax import struct
 from minimal_lm.config import ModelConfig
 from minimal_lm.model import SCORE_SITES, SITES, forward
 
+SCOPES = ("prefill", "decode", "all")
+"""When generation applies an intervention (a hook's `scope`, generate's `intervene_on`): "prefill", the
+prompt only (the paper's: the cached prompt keys and values are the edited ones); "decode", generated
+tokens only; "all", both."""
+
+
+def check_scope(scope, name: str = "scope") -> str:
+    """scope when it is one of SCOPES, else a ValueError naming the argument."""
+    if scope not in SCOPES:
+        raise ValueError(f"{name}={scope!r}: expected one of {', '.join(SCOPES)}")
+    return scope
+
 
 def static(default=dataclasses.MISSING):
     """A static field of a hook (a setting: part of the compiled program, not traced)."""
@@ -96,10 +108,28 @@ def bind(hook, mask_BT):
     return hook.bind(mask_BT) if hasattr(hook, "bind") else hook
 
 
+class SiteHook:
+    """Base of a hook that acts at one site: a subclass (a struct.dataclass) has a static `site` and a
+    `mask_BT` field (this run's real tokens, set by bind()); `site` must be one of `site_names`."""
+
+    site_names = SITES
+
+    def __post_init__(self):
+        if self.site not in self.site_names:
+            raise ValueError(f"{type(self).__name__} site={self.site!r}: expected one of {', '.join(self.site_names)}")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (self.site,)
+
+    def bind(self, mask_BT):
+        return self.replace(mask_BT=mask_BT)
+
+
 # --- Activation patching -----------------------------------------------------------------------------
 
 @struct.dataclass
-class Patch:
+class Patch(SiteHook):
     """Write saved activations of one run (a clean prompt, e.g. from run_with_cache) into another (a
     corrupted one), at one site, by layer, head and position. An intervention; every array is traced.
 
@@ -132,17 +162,6 @@ class Patch:
     mask_BT: Any = struct.field(default=None, repr=False)  # this run's real tokens, set by bind()
 
     scope = "prefill"
-
-    def __post_init__(self):
-        if self.site not in SITES:
-            raise ValueError(f"Patch site={self.site!r}: expected one of {', '.join(SITES)}")
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return (self.site,)
-
-    def bind(self, mask_BT) -> "Patch":
-        return self.replace(mask_BT=mask_BT)
 
     def describe(self) -> str:
         parts = [f"patch {self.site} from saved activations"]

@@ -175,7 +175,8 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
     every valid earlier slot. `intervention(site, layer, x) -> x` may rewrite any site;
     `capture(site, layer, x)` returns a small pytree (or None to skip a site), stacked over layers
     in Output.captured (a capture naming layers in a static `stack_layers` tuple is stacked over those
-    only, and the others' results are never held). Capture sees each site after the intervention.
+    only, and the others' results are never held). Capture sees each site after the intervention, or
+    before it when the capture has a true static `before_intervention` (what a stateful hook observes).
     `layer` is a traced int32 scalar, under the scan and unrolled alike: select layers with
     jnp.where(layer == i, ...) or by indexing a per-layer array, never with Python control flow.
     A hook that needs to know which tokens are real (a norm over valid tokens) may define
@@ -209,6 +210,7 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
         k_positions_BS = jax.lax.dynamic_update_slice(cache.positions_BS, positions_BT, (0, cache.index))
         k_slots_S = jnp.arange(valid_BS.shape[1])
         new_cache_meta = (valid_BS, k_positions_BS, cache.index + T)
+    before_intervention = bool(getattr(capture, "before_intervention", False))
     scores = any(wants(h, s) for h in (intervention, capture) for s in SCORE_SITES)
     explicit = scores or cfg.attn_softcap is not None
     is_causal = valid_BS is None and not cfg.windowed and not explicit
@@ -226,10 +228,11 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
         captured = {}
 
         def site(name, x):
+            raw = x
             if intervention is not None:
                 x = intervention(name, i, x)
             if capture is not None:
-                c = capture(name, i, x)
+                c = capture(name, i, raw if before_intervention else x)
                 if c is not None:
                     captured[name] = c
             return x

@@ -1,8 +1,8 @@
 """Emergence in published training checkpoints (e.g. Pythia's hub revisions step0 ... step143000): each
 checkpoint is probed in turn on the same prompts, one record per training step, exactly as a from-scratch
-study records its steps (probes.records), and reported the same way (probes.report_cmd.emergence_section
+study records its steps (probes.records), and reported the same way (probes.report.emergence_section
 and emergence_paragraphs): max ratio and low-frequency share per layer and site against step, Figure-2
-heatmaps at chosen steps, step 0 as the baseline.
+heatmaps at chosen steps, attention sinks (probes.sinks) beside them, step 0 as the baseline.
 
 A checkpoint is named by a spec: a local Hugging Face directory, one of our run directories (every saved
 checkpoint, each at its own step), or a hub id at a revision, `ID@REVISION`. The step is parsed from the
@@ -35,7 +35,8 @@ from probes import prompts as prompt_lib
 from probes.html import Section, Table, write_index
 from probes.massive import PROBE_SITES, frequency_map, norm_matrices
 from probes.records import make_record, read_records, record_dir, write_record
-from probes.report_cmd import emergence_paragraphs, emergence_section
+from probes.report import emergence_paragraphs, emergence_section, sinks_section
+from probes.sinks import first_token_mass
 
 SETTINGS = "checkpoints.json"
 PROMPTS = "prompts.json"
@@ -187,10 +188,12 @@ def probe_checkpoints(checkpoints, out, *, items=None, prompt_source: str = "bui
             state = _check_model(out, state, c, cfg)
             tokens = _tokens(out, items, tokenizer, cfg, max_len, c)
             pad = getattr(tokenizer, "pad_token_id", None)
-            norms, n_tokens = norm_matrices(
-                params, cfg, prompt_lib.left_padded_batches(tokens, batch_size, 0 if pad is None else pad),
-                PROBE_SITES, total=prompt_lib.num_batches(len(tokens), batch_size), progress=progress)
-            write_record(out, make_record(c.step, c.step * tokens_per_step, norms, frequency_map(cfg), lam, top_k))
+            batches = lambda: prompt_lib.left_padded_batches(tokens, batch_size, 0 if pad is None else pad)
+            total = prompt_lib.num_batches(len(tokens), batch_size)
+            norms, n_tokens = norm_matrices(params, cfg, batches(), PROBE_SITES, total=total, progress=progress)
+            alpha_LH, _ = first_token_mass(params, cfg, batches(), total=total, progress=progress)
+            write_record(out, make_record(c.step, c.step * tokens_per_step, norms, frequency_map(cfg), lam, top_k,
+                                          alpha_LH))
         finally:
             _free(params)
             del params
@@ -327,6 +330,7 @@ def write_report(out) -> Path:
              c.get("probe_s")] for step, c in sorted(state["checkpoints"].items(), key=lambda kv: int(kv[0]))
             if int(step) in steps]
     sections = [Section("Summary", paragraphs=paragraphs), emergence_section(name, d, st, out, figs),
+                sinks_section({name: records}, st, out, figs),
                 Section("Checkpoints", tables=[Table(["step", "tokens seen", "checkpoint", "load s", "probe s"], rows,
                                                      caption="Each checkpoint as given, and wall seconds")])]
     if state.get("command"):

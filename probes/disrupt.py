@@ -7,9 +7,11 @@ column over valid tokens replaced by one value: the column's mean over valid tok
 
 A `Disruption` is a frozen dataclass: compare it, print it (`describe()`), save it (`to_dict()`), and chain it
 with other hooks and captures (`chain(a, b, tap(...))` or `a + b`). Its `scope` says when generation applies
-it: "prefill" (the prompt only, so cached prompt keys are ablated and generated tokens are not) or "all".
-Under "all", a cached decode step sees one token, whose column mean, max and min are the token's own value:
-only "zero" then changes generated tokens' q/k (re-running the whole sequence would ablate it all).
+it, one of minimal_lm.hooks.SCOPES: "prefill" (the prompt only, so cached prompt keys are ablated and
+generated tokens are not), "decode" (generated tokens only) or "all".
+Under "all" and "decode", generation carries each column's statistics over the sequence so far
+(`ColumnStats`), so a generated token is disrupted at the dims and with the values a full forward of the
+sequence up to it would give its last token (see Disruption.observer).
 
 Every hook here is a pytree (flax.struct.dataclass, see minimal_lm.hooks): the rule, k, sites and scope are
 static; `lam` and the layer indices are traced leaves, so another threshold or another set of as many layers
@@ -26,59 +28,65 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from minimal_lm.hooks import Fn, as_hook, bind, is_python, static
+from minimal_lm.hooks import Fn, SiteHook, as_hook, bind, check_scope, is_python, static
+from probes.massive import column_sum_squares, select_dims
 
 HEAD_SITES = ("q", "k", "q_pre", "k_pre", "v")
 SELECT = ("massive", "non_massive")
 REPLACE = ("mean", "zero", "max", "min")
-SCOPES = ("prefill", "all")
 
 
-def column_norms(x_BTHE, mask_BT) -> jax.Array:
-    """M[b, h, d]: L2 norm over b's valid tokens, float32 [B, heads, head_dim]."""
-    x_BTHE = x_BTHE.astype(jnp.float32)
-    w_BT = mask_BT.astype(jnp.float32)
-    return jnp.sqrt(jnp.einsum("bthe,bt->bhe", x_BTHE * x_BTHE, w_BT))
+@struct.dataclass
+class ColumnStats:
+    """What a disruption needs of each (example, head, dim) column over real tokens, float32: the sum of
+    squares (its root is M, the selection's norm), sum, max and min (the replacements), and the count.
+    Mergeable, so generation can carry them over the sequence so far (scope "all" / "decode")."""
 
+    sumsq_BHE: Any
+    sum_BHE: Any
+    max_BHE: Any
+    min_BHE: Any
+    n_B: Any
 
-def select_dims(m_BHE, select: str = "massive", k: int | None = 1, lam: float | None = None) -> jax.Array:
-    """Boolean [B, heads, head_dim] of chosen dims. Ties go to the lower dim index."""
-    E = m_BHE.shape[-1]
-    if lam is not None:
-        massive_BHE = m_BHE > lam * jnp.mean(m_BHE, axis=-1, keepdims=True)
-        if select == "massive":
-            return massive_BHE
-        rank_BHE = jnp.argsort(jnp.argsort(m_BHE, axis=-1, stable=True), axis=-1, stable=True)
-        return rank_BHE < massive_BHE.sum(-1, keepdims=True)
-    if not k:
-        return jnp.zeros(m_BHE.shape, bool)
-    _, idx_BHk = jax.lax.top_k(m_BHE if select == "massive" else -m_BHE, k)
-    return jnp.any(idx_BHk[..., None] == jnp.arange(E), axis=-2)
+    @classmethod
+    def of(cls, x_BTHE, mask_BT) -> "ColumnStats":
+        x_BTHE = x_BTHE.astype(jnp.float32)
+        valid_BT11 = mask_BT[:, :, None, None]
+        return cls(column_sum_squares(x_BTHE, mask_BT), jnp.where(valid_BT11, x_BTHE, 0.0).sum(1),
+                   jnp.where(valid_BT11, x_BTHE, -jnp.inf).max(1), jnp.where(valid_BT11, x_BTHE, jnp.inf).min(1),
+                   mask_BT.sum(1).astype(jnp.float32))
+
+    def merge(self, other: "ColumnStats") -> "ColumnStats":
+        return ColumnStats(self.sumsq_BHE + other.sumsq_BHE, self.sum_BHE + other.sum_BHE,
+                           jnp.maximum(self.max_BHE, other.max_BHE), jnp.minimum(self.min_BHE, other.min_BHE),
+                           self.n_B + other.n_B)
+
+    def value(self, how: str = "mean") -> jax.Array:
+        """One replacement value per column, float32 [B, heads, head_dim]."""
+        if how == "mean":
+            return self.sum_BHE / jnp.maximum(self.n_B, 1.0)[:, None, None]
+        if how == "zero":
+            return jnp.zeros_like(self.sum_BHE)
+        if how == "max":
+            return self.max_BHE
+        if how == "min":
+            return self.min_BHE
+        raise ValueError(f"replace={how!r}: expected one of {', '.join(REPLACE)}")
 
 
 def replacement(x_BTHE, mask_BT, how: str = "mean") -> jax.Array:
     """One value per column over valid tokens, float32 [B, heads, head_dim]."""
-    x_BTHE = x_BTHE.astype(jnp.float32)
-    valid_BT11 = mask_BT[:, :, None, None]
-    if how == "mean":
-        n_B11 = jnp.maximum(mask_BT.sum(1), 1)[:, None, None]
-        return jnp.where(valid_BT11, x_BTHE, 0.0).sum(1) / n_B11
-    if how == "zero":
-        return jnp.zeros(x_BTHE.shape[:1] + x_BTHE.shape[2:], jnp.float32)
-    if how == "max":
-        return jnp.where(valid_BT11, x_BTHE, -jnp.inf).max(1)
-    if how == "min":
-        return jnp.where(valid_BT11, x_BTHE, jnp.inf).min(1)
-    raise ValueError(f"replace={how!r}: expected one of {', '.join(REPLACE)}")
+    return ColumnStats.of(x_BTHE, mask_BT.astype(bool)).value(how)
 
 
-def ablate(x_BTHE, mask_BT=None, *, select="massive", k=1, lam=None, replace="mean") -> jax.Array:
-    """x with the selected columns of each example and head replaced over its valid tokens."""
+def ablate(x_BTHE, mask_BT=None, *, select="massive", k=1, lam=None, replace="mean", stats=None) -> jax.Array:
+    """x with the selected columns of each example and head replaced over its valid tokens; dims and values
+    come from `stats` (a ColumnStats over more tokens than x holds, e.g. the sequence so far) when given."""
     mask_BT = jnp.ones(x_BTHE.shape[:2], bool) if mask_BT is None else mask_BT.astype(bool)
-    sel_BHE = select_dims(column_norms(x_BTHE, mask_BT), select, k, lam)
-    value_BHE = replacement(x_BTHE, mask_BT, replace).astype(x_BTHE.dtype)
+    stats = ColumnStats.of(x_BTHE, mask_BT) if stats is None else stats
+    sel_BHE = select_dims(jnp.sqrt(stats.sumsq_BHE), select, k, lam)
     write_BTHE = sel_BHE[:, None] & mask_BT[:, :, None, None]
-    return jnp.where(write_BTHE, value_BHE[:, None], x_BTHE)
+    return jnp.where(write_BTHE, stats.value(replace).astype(x_BTHE.dtype)[:, None], x_BTHE)
 
 
 def parse_names(name, value, allowed) -> tuple[str, ...]:
@@ -128,14 +136,14 @@ class Disruption:
     sites: tuple[str, ...] = static(("q", "k"))
     layers: tuple[int, ...] | None = None  # None: every layer
     scope: str = static("prefill")
+    history: Any = struct.field(default=None, repr=False)  # {site: ColumnStats [L, ...]}: see with_history
 
     def __post_init__(self):
         if self.select not in SELECT:
             raise ValueError(f"select={self.select!r}: expected one of {', '.join(SELECT)}")
         if self.replace not in REPLACE:
             raise ValueError(f"replace={self.replace!r}: expected one of {', '.join(REPLACE)}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope={self.scope!r}: expected one of {', '.join(SCOPES)}")
+        check_scope(self.scope)
         if self.k is not None and self.lam is not None:
             raise ValueError(f"k={self.k} and lam={self.lam}: give one selection rule, top-k or threshold")
         if self.lam is None:
@@ -160,11 +168,32 @@ class Disruption:
             return x
         if self.k is not None and self.k > x.shape[-1]:
             raise ValueError(f"k={self.k}: more dims than head_dim={x.shape[-1]} at site {site!r}")
-        y = ablate(x, mask_BT, select=self.select, k=self.k, lam=self.lam, replace=self.replace)
+        stats = None
+        if self.history is not None:
+            mask = jnp.ones(x.shape[:2], bool) if mask_BT is None else mask_BT.astype(bool)
+            prior = jax.tree.map(lambda a: a[layer], self.history[site])
+            stats = prior.merge(ColumnStats.of(x, mask))
+        y = ablate(x, mask_BT, select=self.select, k=self.k, lam=self.lam, replace=self.replace, stats=stats)
         return y if self.layers is None else jnp.where(in_layers(layer, self.layers), y, x)
 
     def bind(self, mask_BT) -> "Bound":
         return Bound(self, mask_BT)
+
+    # Generation under scope "all" / "decode" (minimal_lm.generate): each generated token's q and k are
+    # disrupted at the dims selected on the sequence so far, with the statistic over the sequence so far,
+    # as a full forward would do to the last token of that sequence. `observer()` captures this forward's
+    # ColumnStats of the raw (pre-disruption) sites, `merge_history` adds them to the running history, and
+    # `with_history` gives the hook that edits the next tokens with it. Earlier tokens keep the edit they
+    # had when they were computed (their cached keys): each token's statistics cover the tokens up to it.
+    def observer(self) -> "Observe":
+        return Observe(self.sites)
+
+    def with_history(self, history) -> "Disruption":
+        return dataclasses.replace(self, history=history)
+
+    @staticmethod
+    def merge_history(history, new):
+        return new if history is None else {site: history[site].merge(new[site]) for site in history}
 
     def describe(self) -> str:
         if self.lam is not None:
@@ -176,18 +205,21 @@ class Disruption:
             rule = f"the {self.k} smallest-norm (non-massive) dims"
         value = {"mean": "their mean", "zero": "zero", "max": "their max", "min": "their min"}[self.replace]
         layers = "every layer" if self.layers is None else "layers " + ",".join(map(str, self.layers))
-        when = "prompt (prefill) only" if self.scope == "prefill" else "every forward"
+        when = {"prefill": "prompt (prefill) only",
+                "decode": "generated tokens only, each with the statistics of the sequence up to it",
+                "all": "prompt and every generated token, each with the statistics of the sequence up to it"
+                }[self.scope]
         sites = ", ".join(self.sites) or "no site"
         return f"per example and head, {rule} of {sites} set to {value}; {layers}; {when}"
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
         d.update(sites=list(self.sites), layers=None if self.layers is None else list(self.layers))
         return {"type": "disruption", **d}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "disruption") -> "Disruption":
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "history"]
         unknown = sorted(set(d) - set(names) - {"type"})
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
@@ -204,6 +236,24 @@ def disrupt(select: str = "massive", k: int | None = None, lam: float | None = N
             sites=("q", "k"), layers=None, scope: str = "prefill") -> Disruption:
     """The issue's spelling of `Disruption(...)`; sites may be "q,k" and layers "0,2" or "all"."""
     return Disruption(select, k, lam, replace, sites, layers, scope)
+
+
+@struct.dataclass
+class Observe:
+    """A capture of ColumnStats of the named sites before any intervention (Disruption.observer)."""
+
+    sites: tuple[str, ...] = static()
+    mask_BT: Any = struct.field(default=None, repr=False)
+    before_intervention = True
+
+    def bind(self, mask_BT) -> "Observe":
+        return self.replace(mask_BT=mask_BT)
+
+    def __call__(self, site, layer, x):
+        if site not in self.sites:
+            return None
+        mask = jnp.ones(x.shape[:2], bool) if self.mask_BT is None else jnp.asarray(self.mask_BT, bool)
+        return ColumnStats.of(x, mask)
 
 
 @struct.dataclass
@@ -229,7 +279,7 @@ def describe(hook) -> str:
 
 
 @struct.dataclass
-class SetDims:
+class SetDims(SiteHook):
     """Chosen dims of one site set to given values over each example's real tokens: `dims` a bool
     [L, heads, head_dim] (layers where nothing is chosen are left alone), `values` an array broadcastable
     to [L, heads, head_dim] (a stored dataset mean, zero, ...). Both are traced: any other choice of dims
@@ -242,17 +292,11 @@ class SetDims:
     scope: str = static("prefill")
     mask_BT: Any = struct.field(default=None, repr=False)  # set by bind()
 
+    site_names = HEAD_SITES
+
     def __post_init__(self):
-        parse_names("site", (self.site,), HEAD_SITES)
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope={self.scope!r}: expected one of {', '.join(SCOPES)}")
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return (self.site,)
-
-    def bind(self, mask_BT) -> "SetDims":
-        return self.replace(mask_BT=mask_BT)
+        super().__post_init__()
+        check_scope(self.scope)
 
     def __call__(self, site, layer, x_BTHE):
         if site != self.site:
@@ -348,6 +392,27 @@ class Chain:
             raise ValueError(f"chain mixes scopes {sorted(scopes)}; generation applies one scope to the whole chain")
         return scopes.pop() if scopes else "all"
 
+    def observer(self):
+        """The steps' observers (see Disruption.observer), keyed by step index; None when no step has one.
+        A step with an observer must be the first to edit its sites (it observes the raw values)."""
+        stateful = [i for i, s in enumerate(self.steps) if hasattr(s, "observer")]
+        for i in stateful:
+            earlier = {x for s in self.steps[:i] for x in getattr(s, "sites", ())}
+            if earlier & set(self.steps[i].sites):
+                raise ValueError(f"chain step {i} ({describe(self.steps[i])}) follows another edit of "
+                                 f"{sorted(earlier & set(self.steps[i].sites))}; put it first to generate with it")
+        return _ChainObserve(tuple((str(i), self.steps[i].observer()) for i in stateful)) if stateful else None
+
+    def with_history(self, history) -> "Chain":
+        steps = tuple(s.with_history({site: h[str(i)] for site, h in history.items() if str(i) in h})
+                      if hasattr(s, "observer") else s for i, s in enumerate(self.steps))
+        return Chain(steps, self.taps)
+
+    @staticmethod
+    def merge_history(history, new):
+        return new if history is None else jax.tree.map(lambda old, add: old.merge(add), history, new,
+                                                        is_leaf=lambda x: isinstance(x, ColumnStats))
+
     def describe(self) -> str:
         parts = [describe(s) for s in self.steps] + [t.describe() for t in self.taps]
         return " | then ".join(parts) if parts else "nothing"
@@ -371,6 +436,19 @@ class _ChainCapture:
         return self.chain.capture(site, layer, x)
 
 
+@struct.dataclass
+class _ChainObserve:
+    observers: tuple
+    before_intervention = True
+
+    def bind(self, mask_BT):
+        return _ChainObserve(tuple((i, o.bind(mask_BT)) for i, o in self.observers))
+
+    def __call__(self, site, layer, x):
+        out = {i: r for i, o in self.observers if (r := o(site, layer, x)) is not None}
+        return out or None
+
+
 def chain(*hooks) -> Chain:
     """Compose interventions (applied left to right) and taps; nested chains flatten."""
     steps, taps = [], []
@@ -386,13 +464,15 @@ def chain(*hooks) -> Chain:
 
 
 def for_phase(hook, phase: str):
-    """The part of a hook that runs in one phase of generation: "prefill" keeps everything, "decode" keeps
-    only steps whose scope is "all" (hooks without a scope count as "all"). None when nothing is left."""
+    """The part of a hook that runs in one phase of generation ("prefill" or "decode"): the steps whose
+    scope is that phase or "all" (hooks without a scope count as "all"), and every tap. None when nothing
+    is left."""
     if phase not in ("prefill", "decode"):
         raise ValueError(f"phase={phase!r}: expected 'prefill' or 'decode'")
-    if hook is None or phase == "prefill":
+    runs = lambda h: getattr(h, "scope", "all") in (phase, "all")
+    if hook is None:
         return hook
     if isinstance(hook, Chain):
-        kept = chain(*(s for s in hook.steps if getattr(s, "scope", "all") == "all"), *hook.taps)
+        kept = chain(*(s for s in hook.steps if runs(s)), *hook.taps)
         return kept if kept.steps or kept.taps else None
-    return hook if getattr(hook, "scope", "all") == "all" else None
+    return hook if runs(hook) else None

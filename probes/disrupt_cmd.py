@@ -4,6 +4,7 @@ index.html. With --config, a JSON file lists several tasks and settings to build
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import shlex
 from pathlib import Path
@@ -12,9 +13,11 @@ import matplotlib.figure
 import numpy as np
 
 from minimal_lm.cli import STRICT_HELP
+from minimal_lm.hooks import SCOPES
 from probes import tasks
 from probes.experiment import RUN_DEFAULTS, check_run, evaluate, load_config
 from probes.html import Figure, Section, Table, write_index
+from probes.scoring import SCORERS
 
 
 def run_all(params, cfg, tokenizer, runs: list[dict], out_dir, *, source: str = "", command: str = "",
@@ -60,7 +63,9 @@ def _report(out, records, rows, common):
     extra = Table(["task", *(f"{m} {q}" for m in modes for q in ("ppl", "distinct-2"))],
                   [[rec["label"], *(rec["results"].get(m, {}).get(q) for m in modes
                                     for q in ("perplexity", "diversity"))] for rec in records],
-                  caption="Perplexity of the generated answer (intact model) and distinct-2")
+                  caption="The paper's Figure 3: perplexity of the answer alone under each mode's model, and "
+                          "word distinct-2 per answer, averaged (ours, perplexity_given_prompt and "
+                          "distinct2_pooled_tokens, are in results.json)")
     described = list(dict.fromkeys(f"{m}: {d}" for rec in records for m, d in rec["settings"]["described"].items()))
     conflict = [f"{rec['label']}: share of outputs that repeat the misleading context, "
                 + ", ".join(f"{m} {100 * res['context_rate']:.0f}%" for m, res in rec["results"].items())
@@ -107,23 +112,35 @@ def register(subparsers) -> None:
     p.add_argument("--task-file", help="data file for gsm8k, aqua, imdb, cities, jsonl (or the authors' facts JSON)")
     p.add_argument("--n", type=int, help=f"items per task (default {RUN_DEFAULTS['n']})")
     p.add_argument("--seed", type=int, help="seed of the item sample and passkey keys")
-    p.add_argument("--chat", action="store_true", default=None, help="prompt through the chat template")
+    p.add_argument("--chat", nargs="?", const="on", choices=["auto", "on", "off"], default=None,
+                   help="prompt through the chat template: auto (default: when the checkpoint has one), on, off")
+    p.add_argument("--system", help="system prompt for every item (default: the authors' per task; '' for none)")
+    p.add_argument("--stop", action="append", help="stop string, repeatable, backslash escapes read (\\n); "
+                   "default per task without chat template (e.g. '\\nQuestion:'), none with it; '' for none")
+    p.add_argument("--protocol", choices=["ours", "authors", "authors_city"],
+                   help="passkey, conflict: our generator (default) or the authors' (see README)")
     p.add_argument("--modes", help="comma list of none, massive, non_massive (default: these three), and "
                    "int<bits> / int<bits>_protect (q/k rounded per token, massive dims kept with _protect)")
     p.add_argument("--top-k", type=int, help="dims per head (default 1)")
     p.add_argument("--lambda", dest="lam", type=float, help="select M > lambda * head mean instead of top-k")
     p.add_argument("--replace", choices=["mean", "zero", "max", "min"])
-    p.add_argument("--scope", choices=["prefill", "all"], help="prefill (the paper's) or every forward")
+    p.add_argument("--scope", choices=SCOPES, help="prefill (the prompt, the paper's), decode (generated "
+                   "tokens) or all")
     p.add_argument("--sites", help="comma list of q, k, q_pre, k_pre, v (default q,k)")
     p.add_argument("--layers", help="comma list of layers (default all)")
-    p.add_argument("--max-new-tokens", type=int, help="default per task (passkey: digits + 16)")
+    p.add_argument("--max-new-tokens", type=int, help="default per task: the authors' with a chat template (facts 300, "
+                   "gsm8k 500, imdb 2000, ...; EOS ends early), short without (passkey: digits + 16)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--scorer", choices=["contains", "last_number", "yes_no", "option", "sentiment"])
+    p.add_argument("--scorer", choices=list(SCORERS))
     p.add_argument("--max-tokens", type=int, help="passkey: prompt token budget (paper: 128, 256, 1024)")
     p.add_argument("--digits", type=int, help="passkey: key digits (paper: 6, 12, 48)")
     p.add_argument("--position", type=float, help="passkey: key position as a share of the filler (default random)")
     p.add_argument("--category", help="facts: one category, e.g. Sports")
     p.add_argument("--kind", help="jsonl: kind of items without one (contextual or parametric)")
+    p.add_argument("--insert-position", type=int, help="passkey, protocol authors: first insertion token (50)")
+    p.add_argument("--interval", type=int, help="passkey, protocol authors: insertion range in tokens (500)")
+    p.add_argument("--question", help="passkey, protocol authors: text after the prompt (default none, as "
+                   "their Llama-3 run; their Qwen run: 'What is the passkey?')")
     p.add_argument("--no-perplexity", dest="perplexity", action="store_false", default=None,
                    help="skip the answer perplexity pass")
     p.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
@@ -139,7 +156,10 @@ def run(args) -> None:
              "scope": args.scope, "sites": args.sites, "layers": args.layers, "max_new_tokens": args.max_new_tokens,
              "batch_size": args.batch_size, "scorer": args.scorer, "max_tokens": args.max_tokens,
              "digits": args.digits, "position": args.position, "category": args.category, "kind": args.kind,
-             "perplexity": args.perplexity}
+             "perplexity": args.perplexity, "system": args.system, "protocol": args.protocol,
+             "insert_position": args.insert_position, "interval": args.interval, "question": args.question,
+             "stop": None if args.stop is None else [x for x in (codecs.decode(v, "unicode_escape")
+                                                                 for v in args.stop) if x]}
     given = {k: v for k, v in given.items() if v is not None}
     model = args.model
     if args.config:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from minimal_lm.files import read_log
-from probes.figures import mark_classes
+from probes.figures import mark_classes, save, subplots
 
 DISRUPTION_LOG = "disruption.jsonl"
 LABELS = {"rope": "RoPE", "none": "NoPE", "alibi": "ALiBi", "learned": "learned"}
@@ -103,7 +102,37 @@ def summarize(records, lam: float = 5.0) -> dict:
                 "top_freq_final": records[-1].summary[site].get("top_freq_index", [None] * (layer + 1))[layer],
             })
         out["sites"][site] = layers
+    out["sinks"] = summarize_sinks(records)
     return out
+
+
+def sink_series(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps [N], sink share [N], mean first-token mass per layer [N, layers]); NaN for records written before
+    sinks were recorded (Record.sinks None)."""
+    steps = np.array([r.step for r in records], np.int64)
+    n_layers = max((len(r.sinks["mean_mass"]) for r in records if r.sinks), default=0)
+    share = np.array([r.sinks["sink_share"] if r.sinks else np.nan for r in records], np.float64)
+    mass = np.array([r.sinks["mean_mass"] if r.sinks else [np.nan] * n_layers for r in records], np.float64)
+    return steps, share, mass.reshape(len(records), n_layers)
+
+
+def summarize_sinks(records) -> dict | None:
+    """Attention sinks over training (probes.sinks): the share of heads whose first-token mass exceeds eps and,
+    per layer, the sink heads and mean first-token mass, at the first and last records that hold them, and the
+    share's peak; None when no record holds them."""
+    held = [r for r in records if r.sinks]
+    if not held:
+        return None
+    first, last = held[0], held[-1]
+    steps, share, _ = sink_series(held)
+    return {"eps": last.sinks["eps"], "recorded": len(held), "missing": len(records) - len(held),
+            "first_step": first.step, "last_step": last.step, "step0": first.step == 0,
+            "share_first": first.sinks["sink_share"], "share_last": last.sinks["sink_share"],
+            "share_peak": float(share.max()), "peak_step": int(steps[share.argmax()]),
+            "heads": len(first.sinks["first_token_mass"][0]),
+            "layers": [{"mass_first": a, "mass_last": b, "sinks_first": c, "sinks_last": d}
+                       for a, b, c, d in zip(first.sinks["mean_mass"], last.sinks["mean_mass"],
+                                             first.sinks["sink_heads"], last.sinks["sink_heads"])]}
 
 
 def _num(x):
@@ -113,24 +142,13 @@ def _num(x):
 # ---- figures ------------------------------------------------------------------------------------------
 
 
-def _subplots(nrows=1, ncols=1, *, figsize, **kw):
-    """Like pyplot.subplots, on a Figure of its own: no backend is chosen and nothing is left open."""
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(nrows, ncols, **kw)
-
-
-def _save(fig, path):
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return Path(path)
-
-
 def _colors(n):
     return matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(n, 1)))
 
 
 def loss_figure(metrics: dict, path, *, entropy: float | None = None):
     """Train loss (thin) and eval loss (dots) per step, one colour per run."""
-    fig, ax = _subplots(figsize=(6.4, 3.4))
+    fig, ax = subplots(figsize=(6.4, 3.4))
     for (name, lines), color in zip(metrics.items(), matplotlib.colormaps["tab10"].colors):
         if not lines:
             continue
@@ -146,7 +164,7 @@ def loss_figure(metrics: dict, path, *, entropy: float | None = None):
     ax.set_yscale("log")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, dpi=100)
 
 
 def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool, title: str = "",
@@ -157,7 +175,7 @@ def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool,
     log-spaced checkpoints. `hypothetical` (a model without rotation): the label, drawn under the title."""
     sites = [s for s in sites_for(rotated) if s in records[0].summary]
     keys = ["max_ratio", "lowfreq_share"] + (["unrotated_share"] if unrotated_chance is not None else [])
-    fig, axes = _subplots(len(keys), len(sites), figsize=(2.7 * len(sites), 2.4 * len(keys)), squeeze=False,
+    fig, axes = subplots(len(keys), len(sites), figsize=(2.7 * len(sites), 2.4 * len(keys)), squeeze=False,
                           sharex=True)
     for col, site in enumerate(sites):
         for row, key in enumerate(keys):
@@ -193,14 +211,14 @@ def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool,
     if heading:
         fig.suptitle(heading, fontsize=10 if not hypothetical else 8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, dpi=100)
 
 
 def comparison_figure(records_by_scheme: dict, path, *, lam: float):
     """Across schemes: the largest max ratio over layers of Q and K (after rotation) and of V, against
     step; hollow markers at step 0 are the random-init baseline."""
     sites = ("q", "k", "v")
-    fig, axes = _subplots(1, len(sites), figsize=(3.3 * len(sites), 3.2), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(sites), figsize=(3.3 * len(sites), 3.2), squeeze=False, sharey=True)
     for ax, site in zip(axes[0], sites):
         for (scheme, records), color in zip(records_by_scheme.items(), matplotlib.colormaps["tab10"].colors):
             if not records:
@@ -216,14 +234,14 @@ def comparison_figure(records_by_scheme: dict, path, *, lam: float):
     axes[0, 0].set_ylabel("max M / head mean")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, dpi=100)
 
 
 def heatmap_figure(record, path, *, layers, rotated: bool, low_E=None, unrot_E=None, title: str = ""):
     """The paper's Figure 2 for one record: M[head, dim] per layer (rows) and site (columns); red marks
     on the right edge: the lowest-frequency quarter of RoPE dims; dashed line: where unrotated dims begin."""
     sites = [s for s in sites_for(rotated) if s in record.norms]
-    fig, axes = _subplots(len(layers), len(sites), figsize=(2.5 * len(sites), 2.4 * len(layers)), squeeze=False)
+    fig, axes = subplots(len(layers), len(sites), figsize=(2.5 * len(sites), 2.4 * len(layers)), squeeze=False)
     for row, layer in enumerate(layers):
         for col, site in enumerate(sites):
             ax = axes[row, col]
@@ -240,13 +258,13 @@ def heatmap_figure(record, path, *, layers, rotated: bool, low_E=None, unrot_E=N
         ax.set_xlabel("head")
     fig.suptitle(title or f"step {record.step}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, dpi=100)
 
 
 def disruption_figure(logs: dict, path):
     """Accuracy per mode and kind against step, from the disruption logs of one or more runs."""
     kinds = sorted({k for lines in logs.values() for x in lines for m in x["accuracy"].values() for k in m})
-    fig, axes = _subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.0), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.0), squeeze=False, sharey=True)
     styles = {"none": "-", "massive": "--", "non_massive": ":"}
     for ax, kind in zip(axes[0], kinds):
         for (scheme, lines), color in zip(logs.items(), matplotlib.colormaps["tab10"].colors):
@@ -262,4 +280,40 @@ def disruption_figure(logs: dict, path):
     axes[0, 0].set_ylabel("accuracy")
     axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, dpi=100)
+
+
+def sinks_figure(records_by_scheme: dict, path, *, lam: float):
+    """Sinks beside Q/K concentration, per scheme against step: the largest max ratio over layers of Q and of K
+    (after rotation), and the share of heads whose first-token attention mass exceeds eps (Gu et al.). Records
+    without sink statistics leave a gap; hollow markers at step 0 are the random-init baseline."""
+    eps = next((r.sinks["eps"] for rs in records_by_scheme.values() for r in rs if r.sinks), None)
+    fig, axes = subplots(1, 3, figsize=(10.0, 3.2), squeeze=False)
+    colors = matplotlib.colormaps["tab10"].colors
+    for (scheme, records), color in zip(records_by_scheme.items(), colors):
+        if not records:
+            continue
+        for ax, site in zip(axes[0, :2], ("q", "k")):
+            steps, v_NL = series(records, site, "max_ratio")
+            ax.plot(steps, np.nanmax(v_NL, 1), "-", marker=".", ms=3, color=color, label=label(scheme))
+            if steps[0] == 0:
+                ax.plot([0], [np.nanmax(v_NL[0])], "o", mfc="none", color=color, ms=7)
+        steps, share, _ = sink_series(records)
+        ax = axes[0, 2]
+        ax.plot(steps, share, "-", marker=".", ms=3, color=color, label=label(scheme))
+        if steps[0] == 0 and not np.isnan(share[0]):
+            ax.plot([0], [share[0]], "o", mfc="none", color=color, ms=7)
+    for ax, site in zip(axes[0, :2], ("q", "k")):
+        ax.axhline(lam, color="red", ls="--", lw=0.8)
+        ax.set_title(f"{_SITE_TITLES[site]}: largest max ratio over layers", fontsize=9)
+        ax.set_ylabel("max M / head mean")
+    axes[0, 2].set_title("attention sinks: share of heads with\nfirst-token mass > "
+                         + (f"{eps:g}" if eps is not None else "eps (not recorded)"), fontsize=9)
+    axes[0, 2].set_ylim(-0.02, 1.02)
+    axes[0, 2].set_ylabel("sink share")
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return save(fig, path, dpi=100)

@@ -19,26 +19,43 @@ from minimal_lm import ModelConfig, forward, rope_frequency_index
 
 PROBE_SITES = ("q", "k", "v", "q_pre", "k_pre")
 """Sites with per-head activations [B, T, heads, head_dim]: post-rotation q/k, v, pre-rotation q/k."""
+PROJ_SITES = ("q_proj", "k_proj")
+"""The raw q/k projections: the same as q_pre/k_pre unless the model normalizes q and k (cfg.qk_norm)."""
+
+
+def probe_sites(cfg: ModelConfig) -> tuple[str, ...]:
+    """The sites probed by default: PROBE_SITES, plus q_proj/k_proj where a q/k norm (Qwen3) makes them
+    differ from q_pre/k_pre (the norm can hide or make massive values)."""
+    return PROBE_SITES + PROJ_SITES if cfg.qk_norm else PROBE_SITES
 
 
 def check_sites(sites: Iterable[str]) -> tuple[str, ...]:
     sites = tuple(sites)
-    bad = [s for s in sites if s not in PROBE_SITES]
+    bad = [s for s in sites if s not in PROBE_SITES + PROJ_SITES]
     if bad or not sites:
-        raise ValueError(f"sites={','.join(sites)!r}: expected one or more of {', '.join(PROBE_SITES)}")
+        raise ValueError(f"sites={','.join(sites)!r}: expected one or more of {', '.join(PROBE_SITES + PROJ_SITES)}")
     return sites
+
+
+def column_sum_squares(x_BTHE, mask_BT, *, per_example: bool = True) -> jax.Array:
+    """Sum over valid tokens of x**2 per (head, dim), float32: [B, heads, head_dim] per example, or
+    [heads, head_dim] over the whole batch. Its square root is M, the norm both rules select on."""
+    x_BTHE = x_BTHE.astype(jnp.float32)
+    return jnp.einsum("bthe,bt->bhe" if per_example else "bthe,bt->he", x_BTHE * x_BTHE,
+                      mask_BT.astype(jnp.float32))
+
+
+def column_norms(x_BTHE, mask_BT) -> jax.Array:
+    """M[b, h, d]: L2 norm of x[b, :, h, d] over b's valid tokens, float32 [B, heads, head_dim]."""
+    return jnp.sqrt(column_sum_squares(x_BTHE, mask_BT))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
 def sum_squares(params, tokens_BT, mask_BT, cfg: ModelConfig, sites: tuple[str, ...]) -> dict:
     """Per site, sum over batch and valid tokens of x**2: float32 [L, heads, head_dim]."""
-    w_BT = mask_BT.astype(jnp.float32)
 
     def capture(site, layer, x_BTHE):
-        if site not in sites:
-            return None
-        x_BTHE = x_BTHE.astype(jnp.float32)
-        return jnp.einsum("bthe,bt->he", x_BTHE * x_BTHE, w_BT)
+        return column_sum_squares(x_BTHE, mask_BT, per_example=False) if site in sites else None
 
     return forward(params, tokens_BT, cfg, mask_BT=mask_BT, capture=capture, last_only=True).captured
 
@@ -65,27 +82,50 @@ def head_ratio(m_LHE) -> np.ndarray:
     return np.divide(m_LHE, mean_LH1, out=np.zeros_like(m_LHE), where=mean_LH1 > 0)
 
 
-def threshold_mask(m_LHE, lam: float = 5.0) -> np.ndarray:
-    """The paper's text: M[l, h, d] > lam * mean over d of M[l, h, :]. Boolean [L, heads, head_dim]."""
-    return head_ratio(m_LHE) > lam
+def _xp(a):
+    """jax.numpy for jax arrays (tracers too), numpy otherwise: the selection rules run on either."""
+    return jnp if isinstance(a, jax.Array) else np
 
 
-def topk_dims(m_LHE, k: int = 1, largest: bool = True) -> np.ndarray:
-    """Per layer and head, the k dims with the largest (or smallest) M, largest first: int [L, heads, k].
-    Ties go to the lower dim index."""
-    m_LHE = np.asarray(m_LHE)
+def topk_dims(m_LHE, k: int = 1, largest: bool = True):
+    """Per layer (or example) and head, the k dims with the largest (or smallest) M, in that order: int
+    [..., heads, k]. Ties go to the lower dim index. numpy in, numpy out; jax in (traced too), jax out."""
+    m_LHE = m_LHE if isinstance(m_LHE, jax.Array) else np.asarray(m_LHE)
     if not 1 <= k <= m_LHE.shape[-1]:
         raise ValueError(f"k={k}: expected 1 <= k <= head_dim={m_LHE.shape[-1]}")
-    order = np.argsort(-m_LHE if largest else m_LHE, axis=-1, kind="stable")
-    return order[..., :k]
+    return _xp(m_LHE).argsort(-m_LHE if largest else m_LHE, axis=-1, stable=True)[..., :k]
+
+
+def select_dims(m_LHE, select: str = "massive", k: int | None = 1, lam=None):
+    """The one selection of massive / non-massive dims: a bool mask [..., heads, head_dim] over norms M.
+
+    With lam, massive is the paper's text, M > lam * mean over head_dim of M, and non-massive is as many
+    smallest dims as that marks massive; else massive is the paper's code, the top-k of M, and non-massive
+    the k smallest (k 0 or None: nothing). Ties go to the lower dim index. Array-agnostic: numpy in, numpy
+    out (records, [L, heads, head_dim]); jax in, jax out (the disruption's per-example [B, heads, head_dim],
+    under jit, with a traced lam)."""
+    m_LHE = m_LHE if isinstance(m_LHE, jax.Array) else np.asarray(m_LHE)
+    xp = _xp(m_LHE)
+    if lam is not None:
+        massive_LHE = m_LHE > lam * xp.mean(m_LHE, axis=-1, keepdims=True)
+        if select == "massive":
+            return massive_LHE
+        rank_LHE = xp.argsort(xp.argsort(m_LHE, axis=-1, stable=True), axis=-1, stable=True)
+        return rank_LHE < massive_LHE.sum(-1, keepdims=True)
+    if not k:
+        return xp.zeros(m_LHE.shape, bool)
+    idx_LHk = topk_dims(m_LHE, k, largest=select == "massive")
+    return xp.any(idx_LHk[..., None] == xp.arange(m_LHE.shape[-1]), axis=-2)
+
+
+def threshold_mask(m_LHE, lam: float = 5.0) -> np.ndarray:
+    """The paper's text: M[l, h, d] > lam * mean over d of M[l, h, :]. Boolean [L, heads, head_dim]."""
+    return select_dims(m_LHE, lam=lam)
 
 
 def topk_mask(m_LHE, k: int = 1) -> np.ndarray:
     """The paper's code: per head, the top-k dims of M. Boolean [L, heads, head_dim]."""
-    m_LHE = np.asarray(m_LHE)
-    mask = np.zeros(m_LHE.shape, bool)
-    np.put_along_axis(mask, topk_dims(m_LHE, k), True, axis=-1)
-    return mask
+    return select_dims(m_LHE, k=k)
 
 
 def as_set(mask_LHE) -> set[tuple[int, int, int]]:
@@ -175,7 +215,7 @@ def summarize(m_LHE, freq: dict, lam: float = 5.0, k: int = 1) -> dict:
     dims only (chance freq["chance_lowfreq_rotated"]; None where the top-k dims are all unrotated). The _threshold
     variants use the threshold rule and are None for layers with no massive entry."""
     ratio_LHE = head_ratio(m_LHE)
-    thr_LHE = ratio_LHE > lam
+    thr_LHE = threshold_mask(m_LHE, lam)
     top_LHE = topk_mask(m_LHE, k)
     conc, mode = concentration(m_LHE, freq["freq_E"])
     unrot_E = freq.get("unrot_E", np.asarray(freq["freq_E"]) < 0)

@@ -1,5 +1,5 @@
-"""`python -m probes massive`: norm matrices of Q, K, V for a model and prompts, written as npz, json,
-figures and index.html."""
+"""`python -m probes massive`: norm matrices of Q, K, V and attention sinks (first-token attention mass per
+layer and head) for a model and prompts, written as npz, json, figures and index.html."""
 from __future__ import annotations
 
 import argparse
@@ -15,20 +15,22 @@ from minimal_lm import ModelConfig, init_params
 from minimal_lm.cli import STRICT_HELP
 from probes import figures, prompts
 from probes.html import Figure, Section, Table, write_index
-from probes.massive import PROBE_SITES, check_sites, frequency_map, norm_matrices, summarize
+from probes.massive import PROBE_SITES, PROJ_SITES, check_sites, frequency_map, norm_matrices, probe_sites, summarize
+from probes.sinks import EPS, first_token_mass, sink_summary
 
 PITFALL = ("After RoPE, per-dim norms lean toward low-frequency dims even in an untrained model (a fast pair "
            "spreads its mass over both of its dims, a slow pair keeps it where it was), so read the low-frequency "
            "share of q and k against q_pre and k_pre and against the random-init dots before calling it learned.")
 
 
-def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_dir, *, sites=PROBE_SITES,
+def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_dir, *, sites=None,
                    lam: float = 5.0, k: int = 1, layers=None, batch_size: int = 8, pad_id: int = 0,
                    init_baseline: bool = False, seed: int = 0, source: str = "", settings: dict | None = None,
-                   progress: bool = True) -> dict:
-    """Measure M for every layer and site, write massive.npz, massive.json, PNG figures and index.html
-    into out_dir, and return the JSON record. `settings` are recorded with the ones used here."""
-    sites = check_sites(sites)
+                   progress: bool = True, eps: float = EPS) -> dict:
+    """Measure M for every layer and site and the first-token attention mass per layer and head (sinks: heads
+    above eps), write massive.npz, massive.json, PNG figures and index.html into out_dir, and return the JSON
+    record. `settings` are recorded with the ones used here."""
+    sites = check_sites(probe_sites(cfg) if sites is None else sites)
     layers = check_layers(layers, cfg.num_layers)
     if k < 1 or k > cfg.dim_per_head:
         raise ValueError(f"top-k={k}: expected 1 <= k <= head_dim={cfg.dim_per_head}")
@@ -38,11 +40,13 @@ def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_d
     out.mkdir(parents=True, exist_ok=True)
 
     def measure(p, desc_progress):
-        batches = prompts.left_padded_batches(token_lists, batch_size, pad_id)
-        return norm_matrices(p, cfg, batches, sites, total=prompts.num_batches(len(token_lists), batch_size),
-                             progress=desc_progress)
+        batches = lambda: prompts.left_padded_batches(token_lists, batch_size, pad_id)
+        total = prompts.num_batches(len(token_lists), batch_size)
+        ms, n_tokens = norm_matrices(p, cfg, batches(), sites, total=total, progress=desc_progress)
+        alpha_LH, n_queries = first_token_mass(p, cfg, batches(), total=total, progress=desc_progress)
+        return ms, n_tokens, sink_summary(alpha_LH, eps) | {"queries": n_queries, "first_query_included": True}
 
-    ms, n_tokens = measure(params, progress)
+    ms, n_tokens, sinks = measure(params, progress)
     np.savez(out / "massive.npz", **ms)
     freq = frequency_map(cfg)
     record = {
@@ -55,13 +59,15 @@ def massive_report(params, cfg: ModelConfig, token_lists: list[list[int]], out_d
     }
     summaries = {site: summarize(ms[site], freq, lam, k) for site in sites}
     record.update(summaries)
+    record["sinks"] = sinks
     baseline = None
     if init_baseline:
-        m0, _ = measure(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed)), False)
+        m0, _, sinks0 = measure(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed)), False)
         baseline = {site: summarize(m0[site], freq, lam, k) for site in sites}
-        record["init_baseline"] = {"seed": seed, "init_std": cfg.init_std, **{
-            site: {key: baseline[site][key] for key in ("lowfreq_share", "unrotated_share", "massive_count", "max_ratio")}
-            for site in sites}}
+        kept = ("lowfreq_share", "unrotated_share", "massive_count", "max_ratio")
+        record["init_baseline"] = {"seed": seed, "init_std": cfg.init_std,
+                                   **{site: {key: baseline[site][key] for key in kept} for site in sites},
+                                   "sinks": {key: sinks0[key] for key in ("sink_share", "mean_mass", "sink_heads")}}
     (out / "massive.json").write_text(json.dumps(record, indent=1))
     _figures_and_html(out, ms, record, summaries, baseline, freq)
     return record
@@ -129,7 +135,8 @@ def _figures_and_html(out, ms, record, summaries, baseline, freq):
                       _top_dims(summaries[site]["top1_dims"][i])] for i in range(len(summaries[site]["max_ratio"]))],
                     caption=site) for site in sites]
     m = record["model"]
-    rotation = m["rotation"] + (f" on {m['rotary_dim']} of {m['head_dim']} dims per head" if partial and rotated else "")
+    rotation = m["rotation"] + (f" on {m['rotary_dim']} of {m['head_dim']} dims per head"
+                                if partial and rotated else "")
     intro = [f"Model: {m['source']} ({m['num_layers']} layers, {m['num_heads']} heads, {m['num_kv_heads']} KV heads, "
              f"head_dim {m['head_dim']}, rotation: {rotation}).",
              f"{s['prompts']} prompts, {s['tokens']} tokens. Massive: M > {s['lambda']} x head mean "
@@ -138,15 +145,41 @@ def _figures_and_html(out, ms, record, summaries, baseline, freq):
     if not rotated:
         intro.insert(1, freq["label"][0].upper() + freq["label"][1:] + ": its low-frequency share says where a RoPE "
                      "model's slow pairs would be, not anything this model rotates.")
-    write_index(out, "Massive values in Q, K and V", [
+    write_index(out, "Massive values in Q, K and V, and attention sinks", [
         Section("Heads x head dim", figures=figs),
         Section("Summary", figures=summary_figs),
+        _sinks_section(out, record, rotated),
         Section("Numbers per layer", paragraphs=[
             "concentration: share of heads whose top dim has the layer's most common frequency index "
             "(top freq; an unrotated dim j is its own index, head_dim + j); max ratio: largest M over its head mean."],
             tables=tables),
         *([Section("Command", code=s["command"])] if s.get("command") else []),
     ], intro=intro)
+
+
+def _sinks_section(out, record, rotated) -> Section:
+    """First-token attention mass per layer and head (heatmap) and, per layer, the sinks beside the largest max
+    ratio of Q and K: sinks and Q/K concentration side by side."""
+    s, base = record["sinks"], (record.get("init_baseline") or {}).get("sinks")
+    heatmap = figures.first_token_heatmap(s["first_token_mass"], out / "first_token_mass.png", eps=s["eps"],
+                                          baseline_share=base["sink_share"] if base else None)
+    qk = [site for site in ("q", "k") if site in record]
+    rows = [[i, s["mean_mass"][i], s["max_mass"][i], f"{s['sink_heads'][i]} of {len(s['first_token_mass'][i])}",
+             s["sink_share_layers"][i], *([base["sink_heads"][i]] if base else []),
+             *(record[site]["max_ratio"][i] for site in qk)] for i in range(len(s["mean_mass"]))]
+    head = ["layer", "mean first-token mass", "max", f"sink heads (> {s['eps']:g})", "sink share",
+            *(["sink heads (init)"] if base else []), *(f"{_title(site, rotated)} max ratio" for site in qk)]
+    return Section("Attention sinks", paragraphs=[
+        f"Share of heads whose mean attention on the first real token of each prompt exceeds eps = {s['eps']:g}: "
+        f"{s['sink_share']:.3f}" + (f" (random init {base['sink_share']:.3f})" if base else "")
+        + f", over {s['queries']} query tokens (the first query, which sees only itself, included, as in Gu et al. "
+        "2025, who find 18-33% of heads are sinks in ~60M models after 5B tokens)."],
+        figures=[Figure(heatmap.name, "First-token attention mass per layer and head; red boxes: sinks.")],
+        tables=[Table(head, rows, caption="Attention sinks per layer, beside the largest max ratio of Q and K")])
+
+
+def _title(site, rotated):
+    return {"q": "Q", "k": "K"}[site] + (" (after RoPE)" if rotated else "")
 
 
 def _top_dims(top_H) -> str:
@@ -162,7 +195,8 @@ def register(subparsers) -> None:
     src.add_argument("--text-file", help="plain text; each paragraph (blank-line separated) is a prompt")
     src.add_argument("--prompts", help='JSONL: a string, or {"prompt"|"messages"|"tokens": ...} per line')
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template")
-    p.add_argument("--sites", default=",".join(PROBE_SITES), help=f"comma list of {', '.join(PROBE_SITES)}")
+    p.add_argument("--sites", help=f"comma list of {', '.join(PROBE_SITES + PROJ_SITES)} (default: the first five, "
+                   "and q_proj, k_proj for a model with q/k norms)")
     p.add_argument("--lambda", dest="lam", type=float, default=5.0, help="threshold: M > lambda * head mean")
     p.add_argument("--top-k", type=int, default=1, help="top-k dims per head")
     p.add_argument("--layers", default=None, help="layers to draw (comma list); default first, middle, last")
@@ -173,6 +207,8 @@ def register(subparsers) -> None:
     p.add_argument("--init-baseline", action="store_true",
                    help="also measure a random-init model of the same config on the same prompts")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline")
+    p.add_argument("--eps", type=float, default=EPS,
+                   help="attention-sink threshold: a head is a sink when its mean first-token mass exceeds it")
     p.set_defaults(func=run)
 
 
@@ -199,10 +235,10 @@ def run(args) -> None:
                 "prompt_source": args.text_file or args.prompts or "built-in prompts",
                 "command": shlex.join(["python", "-m", "probes", *getattr(args, "argv", [])])}
     pad_id = getattr(tokenizer, "pad_token_id", None)
-    record = massive_report(params, cfg, token_lists, args.out, sites=args.sites.split(","), lam=args.lam,
-                            k=args.top_k, layers=layers, batch_size=args.batch_size,
+    record = massive_report(params, cfg, token_lists, args.out, sites=args.sites and args.sites.split(","),
+                            lam=args.lam, k=args.top_k, layers=layers, batch_size=args.batch_size,
                             pad_id=0 if pad_id is None else pad_id, init_baseline=args.init_baseline,
-                            seed=args.seed, source=args.model, settings=settings)
+                            seed=args.seed, source=args.model, settings=settings, eps=args.eps)
     f = record["frequency"]
     hypothetical = " (hypothetical map: this model does not rotate)" if f["hypothetical"] else ""
     for site in record["settings"]["sites"]:
@@ -212,4 +248,7 @@ def run(args) -> None:
         if f["unrotated_dims"]:
             line += f"  unrotated share {rounded(record[site]['unrotated_share'])} (chance {f['chance_unrotated']:.2f})"
         print(line)
+    s = record["sinks"]
+    print(f"sinks  share of heads with first-token mass > {s['eps']:g}: {s['sink_share']:.3f}  per layer "
+          f"{[round(x, 2) for x in s['sink_share_layers']]}  mean mass {[round(x, 3) for x in s['mean_mass']]}")
     print(f"wrote {Path(args.out) / 'index.html'}")

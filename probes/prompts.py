@@ -1,12 +1,12 @@
-"""Prompts for probes: read from files, tokenize (optionally through a chat template), left-pad into batches."""
+"""Prompts for probes: read from files, tokenize (optionally through a chat template). Batching is
+minimal_lm.batching's (left_padded_batches, num_batches are re-exported here for the probes' callers)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
 
 from minimal_lm import files
+from minimal_lm.batching import left_padded_batches as left_padded_batches
+from minimal_lm.batching import num_batches as num_batches
 
 DEFAULT_PROMPTS = (
     "There is important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you "
@@ -47,10 +47,50 @@ def read_jsonl(path) -> list:
     return prompts
 
 
+CHAT_CHOICES = ("auto", "on", "off")
+
+
+def resolve_chat(chat, tokenizer) -> bool:
+    """"auto": on when the tokenizer has a chat template (an instruct checkpoint); "on"/True requires one;
+    "off"/False never uses it."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if chat in ("auto", None):
+        return has
+    if chat in ("on", True):
+        if not has:
+            raise ValueError("chat=on: this checkpoint's tokenizer has no chat template (no chat_template.jinja "
+                             "and no chat_template in tokenizer_config.json); use chat=off or auto")
+        return True
+    if chat in ("off", False):
+        return False
+    raise ValueError(f"chat={chat!r}: expected one of {', '.join(CHAT_CHOICES)}")
+
+
+def takes_system(tokenizer) -> bool:
+    """Whether the chat template renders a system turn (Gemma 2's raises "System role not supported")."""
+    probe = [{"role": "system", "content": "SYSTEM-PROBE"}, {"role": "user", "content": "hi"}]
+    try:
+        return "SYSTEM-PROBE" in tokenizer.apply_chat_template(probe, add_generation_prompt=True)
+    except Exception:
+        return False
+
+
+def chat_messages(text: str, system: str | None, with_system_turn: bool) -> list[dict]:
+    """One user turn, after a system turn, or with the system text leading the user turn when the
+    template has no system role."""
+    if not system:
+        return [{"role": "user", "content": text}]
+    if with_system_turn:
+        return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    return [{"role": "user", "content": f"{system}\n\n{text}"}]
+
+
 def encode(prompts: list, tokenizer, *, chat: bool = False, max_len: int | None = None,
            vocab_size: int | None = None) -> list[list[int]]:
-    """Token ids per prompt. `chat` wraps text prompts as one user turn of the tokenizer's chat template.
-    Prompts longer than max_len keep their first max_len tokens."""
+    """Token ids per prompt. `chat` wraps text prompts as one user turn of the tokenizer's chat template,
+    after the prompt's "system" text when it has one (see chat_messages). Prompts longer than max_len
+    keep their first max_len tokens."""
+    system_turn = None
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, dict) and "tokens" in p:
@@ -62,7 +102,10 @@ def encode(prompts: list, tokenizer, *, chat: bool = False, max_len: int | None 
             messages = p.get("messages") if isinstance(p, dict) else None
             text = p["prompt"] if isinstance(p, dict) and "prompt" in p else p
             if chat or messages is not None:
-                messages = messages or [{"role": "user", "content": text}]
+                system = p.get("system") if isinstance(p, dict) else None
+                if messages is None and system and system_turn is None:
+                    system_turn = takes_system(tokenizer)
+                messages = messages or chat_messages(text, system, system_turn)
                 ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True),
                                        add_special_tokens=False)
             else:
@@ -73,27 +116,3 @@ def encode(prompts: list, tokenizer, *, chat: bool = False, max_len: int | None 
             raise ValueError(f"prompt {i}: token ids must lie in [0, {vocab_size}) for this model")
         out.append(ids[:max_len] if max_len else ids)
     return out
-
-
-def padded_length(n: int, minimum: int = 8) -> int:
-    """Round up to a power of two, so few shapes are compiled."""
-    return max(minimum, 1 << (n - 1).bit_length())
-
-
-def left_padded_batches(token_lists: list[list[int]], batch_size: int, pad_id: int = 0
-                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tokens_BT int32, mask_BT bool) batches, prompts sorted by length, left padded to a power of
-    two; the last batch is filled with empty rows (mask all False) to keep one batch shape."""
-    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
-    for start in range(0, len(order), batch_size):
-        rows = [token_lists[i] for i in order[start:start + batch_size]]
-        T = padded_length(max(len(r) for r in rows))
-        tokens_BT = np.full((batch_size, T), pad_id, np.int32)
-        mask_BT = np.zeros((batch_size, T), bool)
-        for b, r in enumerate(rows):
-            tokens_BT[b, T - len(r):], mask_BT[b, T - len(r):] = r, True
-        yield tokens_BT, mask_BT
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from minimal_lm.hooks import is_python, static
-from probes.disrupt import HEAD_SITES, Bound, column_norms, in_layers, parse_layers, parse_names, select_dims
+from minimal_lm.hooks import check_scope, is_python, static
+from probes.disrupt import HEAD_SITES, Bound, in_layers, parse_layers, parse_names
+from probes.massive import column_norms, select_dims, threshold_mask, topk_mask
 
 ACT_GRANULARITY = ("per_token", "per_channel", "per_group")
 WEIGHT_GRANULARITY = ("per_channel", "per_group")
@@ -106,8 +107,7 @@ class QuantizeActs:
             raise ValueError(f"k={self.k!r}: expected a positive number of protected dims per head")
         if self.lam is not None and is_python(self.lam) and not self.lam > 0:
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
-        if self.scope not in ("prefill", "all"):
-            raise ValueError(f"scope={self.scope!r}: expected 'prefill' or 'all'")
+        check_scope(self.scope)
         object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
         if is_python(self.layers):
             object.__setattr__(self, "layers", parse_layers(self.layers))
@@ -184,8 +184,6 @@ def massive_columns(norms: dict, k: int = 1, lam: float | None = None) -> dict:
     """protect masks for wq and wk from norm matrices of q_pre and k_pre ([L, heads, head_dim], as from
     probes.massive.norm_matrices): the per-head top-k dims, or M > lam * mean. Pre-rotation, because a
     weight column produces one pre-rotation dim."""
-    from probes.massive import threshold_mask, topk_mask
-
     pick = (lambda m: topk_mask(m, k)) if lam is None else (lambda m: threshold_mask(m, lam))
     missing = [s for s in ("q_pre", "k_pre") if s not in norms]
     if missing:

@@ -1,7 +1,8 @@
 """Probe records over training: one file per probed step in RUN_DIR/probes/, written atomically.
 
-Each record holds the step, the tokens seen, the norm matrices M [layers, heads, head_dim] per site and
-their summary metrics (probes.massive.summarize). A record is written to a temporary file and renamed,
+Each record holds the step, the tokens seen, the norm matrices M [layers, heads, head_dim] per site, their
+summary metrics (probes.massive.summarize) and the attention-sink statistics (probes.sinks.sink_summary; None
+in records written before they were recorded). A record is written to a temporary file and renamed,
 so a crash never leaves a half-written record; writing a step again replaces it, so a resumed run
 continues the series without duplicates.
 """
@@ -18,7 +19,8 @@ import numpy as np
 
 from minimal_lm import ModelConfig
 from minimal_lm.files import atomic_file
-from probes.massive import PROBE_SITES, frequency_map, sum_squares, summarize
+from probes.massive import frequency_map, probe_sites, sum_squares, summarize
+from probes.sinks import EPS, first_token_sums, sink_summary
 
 _NAME = re.compile(r"^step_(\d{8,})\.npz$")
 
@@ -28,16 +30,21 @@ class Record(NamedTuple):
     tokens_seen: int
     norms: dict  # site -> float32 [L, heads, head_dim]
     summary: dict  # site -> per-layer metrics
+    sinks: dict | None = None  # probes.sinks.sink_summary; None: not recorded
 
 
 def record_dir(run_dir) -> Path:
     return Path(run_dir) / "probes"
 
 
-def make_record(step: int, tokens_seen: int, norms: dict, freq: dict, lam: float = 5.0, k: int = 1) -> Record:
-    """A record of norm matrices (site -> [L, heads, head_dim]) with their per-layer summaries."""
+def make_record(step: int, tokens_seen: int, norms: dict, freq: dict, lam: float = 5.0, k: int = 1,
+                first_token_mass=None, eps: float = EPS) -> Record:
+    """A record of norm matrices (site -> [L, heads, head_dim]) with their per-layer summaries, and of the
+    first-token attention mass alpha [L, H] (probes.sinks) with its sink statistics at threshold eps."""
     norms = {s: np.asarray(m, np.float32) for s, m in norms.items()}
-    return Record(int(step), int(tokens_seen), norms, {s: summarize(m, freq, lam, k) for s, m in norms.items()})
+    sinks = None if first_token_mass is None else sink_summary(first_token_mass, eps)
+    return Record(int(step), int(tokens_seen), norms, {s: summarize(m, freq, lam, k) for s, m in norms.items()},
+                  sinks)
 
 
 def write_record(run_dir, record: Record) -> Path:
@@ -45,6 +52,8 @@ def write_record(run_dir, record: Record) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_{record.step:08d}.npz"
     meta = {"step": record.step, "tokens_seen": record.tokens_seen, "summary": record.summary}
+    if record.sinks is not None:
+        meta["sinks"] = record.sinks
     with atomic_file(path) as f:
         np.savez(f, __meta__=np.array(json.dumps(meta)),
                  **{s: np.asarray(m, np.float32) for s, m in record.norms.items()})
@@ -61,7 +70,8 @@ def read_records(run_dir) -> list[Record]:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["__meta__"]))
                 norms = {k: z[k] for k in z.files if k != "__meta__"}
-            records.append(Record(int(meta["step"]), int(meta["tokens_seen"]), norms, meta["summary"]))
+            records.append(Record(int(meta["step"]), int(meta["tokens_seen"]), norms, meta["summary"],
+                                  meta.get("sinks")))
         except Exception as e:  # a damaged file must not hide the rest of the series
             warnings.warn(f"skipping unreadable probe record {path}: {e}")
     return sorted(records, key=lambda r: r.step)
@@ -79,10 +89,13 @@ def drop_after(run_dir, step: int) -> list[int]:
 
 
 class TrainingProbe:
-    """Norm matrices of a fixed probe batch, computed in one jitted forward and saved as a record."""
+    """Norm matrices and first-token attention mass of a fixed probe batch (two jitted forwards: the fused
+    attention for the norms, the explicit one for the attention probabilities), saved as a record."""
 
-    def __init__(self, cfg: ModelConfig, tokens_BT, mask_BT=None, sites=PROBE_SITES, lam: float = 5.0, k: int = 1):
-        self.cfg, self.sites, self.lam, self.k = cfg, tuple(sites), lam, k
+    def __init__(self, cfg: ModelConfig, tokens_BT, mask_BT=None, sites=None, lam: float = 5.0, k: int = 1,
+                 eps: float = EPS):
+        self.cfg, self.sites, self.lam, self.k = cfg, tuple(probe_sites(cfg) if sites is None else sites), lam, k
+        self.eps = eps
         self.tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
         self.mask_BT = jnp.ones(self.tokens_BT.shape, bool) if mask_BT is None else jnp.asarray(mask_BT, bool)
         self.freq = frequency_map(cfg)
@@ -90,7 +103,9 @@ class TrainingProbe:
     def measure(self, params, step: int, tokens_seen: int) -> Record:
         sq = sum_squares(params, self.tokens_BT, self.mask_BT, self.cfg, self.sites)
         norms = {s: np.sqrt(np.asarray(sq[s], np.float64)).astype(np.float32) for s in self.sites}
-        return make_record(step, tokens_seen, norms, self.freq, self.lam, self.k)
+        sums_LH, n = first_token_sums(params, self.tokens_BT, self.mask_BT, self.cfg)
+        alpha_LH = np.asarray(sums_LH, np.float64) / int(n)
+        return make_record(step, tokens_seen, norms, self.freq, self.lam, self.k, alpha_LH, self.eps)
 
     def __call__(self, run_dir, params, step: int, tokens_seen: int) -> Record:
         record = self.measure(params, step, tokens_seen)

@@ -1,5 +1,5 @@
 """The study: one model per positional scheme, trained with the same data order and init seed (only
-model.position differs), probed while it trains, disrupted at the end, then reported (probes.report_cmd).
+model.position differs), probed while it trains, disrupted at the end, then reported (probes.report).
 
 A study directory holds study.json (the resolved settings), probe_batch.npz (the fixed probe batch),
 items.jsonl (held-out synthetic items of the disruption experiment), one run directory per scheme and
@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from minimal_lm import SCHEMES, ConfigError, Tokenizer, from_pretrained, init_params
+from minimal_lm.batching import left_pad
 from minimal_lm.files import atomic_file, write_atomic
 from minimal_lm.run_dir import checkpoint_steps, load_run
 from probes.disrupt import SELECT
@@ -139,7 +140,7 @@ def _check(name, value, ok, expected):
 def run_study(study: StudyConfig, out, *, command: str = "", progress: bool = True, report: bool = True) -> Path:
     """Train, probe and disrupt every scheme into `out`, then write the report (unless `report` is False);
     returns index.html's path."""
-    from probes.report_cmd import write_report
+    from probes.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,9 +204,7 @@ def probe_batch(study: StudyConfig, out: Path) -> tuple[np.ndarray, np.ndarray]:
         if T > study.base.model.max_seq_len:
             raise ConfigError(f"probe items have up to {T} tokens: more than model.max_seq_len="
                               f"{study.base.model.max_seq_len}")
-        tokens, mask = np.zeros((n, T), np.int32), np.zeros((n, T), bool)
-        for b, r in enumerate(rows):
-            tokens[b, T - len(r):], mask[b, T - len(r):] = r, True
+        tokens, mask = left_pad(rows, cap=study.base.model.max_seq_len)
     else:
         from train.data import make_source
 

@@ -4,8 +4,8 @@ import json
 import warnings
 
 import pytest
-from hf_testlib import save, tiny_hf, tiny_tokenizer
 
+from hf_testlib import save, tiny_hf, tiny_tokenizer
 from minimal_lm.__main__ import main as lm_main
 from minimal_lm.hf_config import IgnoredConfigKeys
 from probes.__main__ import main as probes_main
@@ -34,7 +34,7 @@ def _commands(ckpt, out):
                                   "--layers", "0", "--max-len", "16"]),
         "disrupt": (probes_main, ["disrupt", "--model", m, "--out", str(out / "disrupt"), "--task", "passkey", "--n",
                                   "1", "--max-tokens", "256", "--modes", "none", "--max-new-tokens", "2",
-                                  "--no-perplexity"]),
+                                  "--no-perplexity", "--chat", "off"]),
         "checkpoints": (probes_main, ["checkpoints", "--out", str(out / "ckpts"), "--max-len", "16", f"0={m}"]),
     }
 

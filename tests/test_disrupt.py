@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minimal_lm import forward, from_pretrained, init_cache
-from probes.disrupt import Chain, Disruption, ablate, chain, disrupt, for_phase, tap
+from probes.disrupt import Chain, Disruption, SetDims, ablate, chain, disrupt, for_phase, tap
 
 
 def reference(x, mask, select="massive", k=1, lam=None, replace="mean"):
@@ -189,6 +189,8 @@ def test_prefill_scope_ablates_cached_keys_but_not_decode_qk(params, batch, cfg)
     prefill_only, every = disrupt(replace="zero", scope="prefill"), disrupt(replace="zero", scope="all")
     assert for_phase(prefill_only, "decode") is None and for_phase(prefill_only, "prefill") is prefill_only
     assert for_phase(every, "decode") is every
+    decode_only = disrupt(scope="decode")
+    assert for_phase(decode_only, "prefill") is None and for_phase(decode_only, "decode") is decode_only
     pre, (dec, dec_all) = _prefill_then_steps(params, tokens, mask, cfg, prefill_only,
                                               (for_phase(prefill_only, "decode"), for_phase(every, "decode")))
     valid, T = np.asarray(mask), tokens.shape[1]
@@ -225,7 +227,7 @@ def test_value_semantics_print_and_round_trip():
     assert d == Disruption.from_dict(d.to_dict()) and hash(d) == hash(Disruption.from_dict(d.to_dict()))
     assert d.layers == (0, 2) and d.sites == ("k",) and d.k is None
     text = d.describe()
-    assert "non-massive" in text and "lam=5" in text and "layers 0,2" in text and "every forward" in text
+    assert "non-massive" in text and "lam=5" in text and "layers 0,2" in text and "every generated token" in text
     assert "top-1 largest-norm (massive)" in disrupt().describe() and "prefill" in disrupt().describe()
     assert "Disruption(select='non_massive'" in repr(d)
 
@@ -233,12 +235,14 @@ def test_value_semantics_print_and_round_trip():
 @pytest.mark.parametrize("kw, match", [
     (dict(select="big"), "select='big'"), (dict(replace="median"), "replace='median'"),
     (dict(k=2, lam=5.0), "one selection rule"), (dict(k=-1), "k=-1"), (dict(lam=0.0), "lam=0.0"),
-    (dict(sites="q,attn_out"), "attn_out"), (dict(scope="decode"), "scope='decode'"),
+    (dict(sites="q,attn_out"), "attn_out"), (dict(scope="both"), "scope='both': expected one of prefill, decode, all"),
     (dict(layers="a,b"), "layers='a,b'"), (dict(layers=[-1]), "layers"),
 ])
 def test_bad_settings_name_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
         disrupt(**kw)
+    with pytest.raises(ValueError, match="SetDims site='attn_out': expected one of q, k"):
+        SetDims("attn_out", np.ones((1, 1, 1), bool))
     with pytest.raises(ValueError, match="unknown key"):
         Disruption.from_dict({"selct": "massive"})
 

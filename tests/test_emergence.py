@@ -47,7 +47,7 @@ def test_disruption_log_keeps_the_last_line_per_step_and_skips_a_cut_off_line(tm
 
 
 def test_disruption_summary_gives_drops_only_for_models_that_answer():
-    from probes.report_cmd import _disruption_summary
+    from probes.report import _disruption_summary
 
     def acc(none, massive, non_massive):
         return {m: {"contextual": {"accuracy": a, "correct": round(10 * a), "n": 10}}

@@ -4,12 +4,13 @@ import json
 import jax
 import jax.numpy as jnp
 import pytest
-from hf_testlib import save, tiny_hf, tiny_tokenizer
 
+from hf_testlib import save, tiny_hf, tiny_tokenizer
 from minimal_lm import forward, from_pretrained, generate, init_cache
+from probes import prompts, tasks
 from probes.__main__ import main
 from probes.disrupt import disrupt
-from probes.experiment import load_config, modes_for
+from probes.experiment import evaluate, load_config, modes_for, stop_at
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_cli_scores_every_mode_on_the_same_items(checkpoint, loaded, tmp_path, c
     items = _write_jsonl(tmp_path / "items.jsonl", rows)
     out = tmp_path / "out"
     assert main(["disrupt", "--model", checkpoint, "--task", "jsonl", "--task-file", items, "--max-new-tokens", "6",
-                 "--batch-size", "6", "--top-k", "2", "--out", str(out)]) == 0
+                 "--batch-size", "6", "--top-k", "2", "--chat", "off", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["task"] == "jsonl" and res["n"] == 6 and set(res["results"]) == {"none", "massive", "non_massive"}
     none = res["results"]["none"]
@@ -82,6 +83,8 @@ def test_cli_scores_every_mode_on_the_same_items(checkpoint, loaded, tmp_path, c
         mine = [e for e in examples if e["mode"] == mode]
         assert r["correct"] == sum(e["correct"] for e in mine)
         assert r["perplexity"] > 1 and 0 < r["diversity"] <= 1
+        assert r["perplexity_given_prompt"] > 1 and 0 < r["distinct2_pooled_tokens"] <= 1
+        assert all(e["perplexity"] is None or e["perplexity"] > 1 for e in mine)
     changed = [e["output"] != f["output"] for e in examples if e["mode"] == "massive"
                for f in examples if f["mode"] == "none" and f["index"] == e["index"]]
     assert any(changed), "the massive disruption changes some outputs"
@@ -99,11 +102,13 @@ def test_config_builds_several_tasks_in_one_run(checkpoint, tmp_path):
                                       {"task": "capitals", "label": "capitals (6)", "modes": ["none", "massive"]},
                                       {"task": "conflict", "modes": ["none"]}]}))
     out = tmp_path / "out"
-    assert main(["disrupt", "--config", str(config), "--out", str(out), "--max-new-tokens", "6"]) == 0
+    assert main(["disrupt", "--config", str(config), "--out", str(out), "--max-new-tokens", "6",
+                 "--stop", "\\nQ", "--stop", "\\n\\n"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in res["runs"]] == ["capitals (6)", "conflict"]
     assert [sorted(r["results"]) for r in res["runs"]] == [["massive", "none"], ["none"]]
     assert all(r["n"] == 6 and r["settings"]["max_new_tokens"] == 6 for r in res["runs"])
+    assert all(r["settings"]["stop"] == ["\nQ", "\n\n"] and r["settings"]["chat"] for r in res["runs"])
     assert res["runs"][0]["settings"]["disruptions"]["massive"]["k"] == 2
     assert 0 <= res["runs"][1]["results"]["none"]["context_rate"] <= 1
     assert res["runs"][0]["results"]["none"]["perplexity"] is None
@@ -118,6 +123,9 @@ def test_config_builds_several_tasks_in_one_run(checkpoint, tmp_path):
     (["--task", "passkey", "--modes", "none,random"], "mode 'random'"),
     (["--task", "passkey", "--max-tokens", "2000"], "max_seq_len=512"),
     (["--task", "facts", "--n", "0"], "n=0"),
+    (["--task", "passkey", "--protocol", "authors", "--position", "0.5"], "position do not apply to protocol"),
+    (["--task", "facts", "--protocol", "authors"], "protocol='authors' for task 'facts'"),
+    (["--task", "facts", "--chat", "maybe"], "invalid choice: 'maybe'"),
 ])
 def test_cli_bad_input_names_the_value(checkpoint, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -141,3 +149,61 @@ def test_modes_cover_disruptions_and_quantization():
     assert modes["int4_protect"].protect_massive and modes["int4_protect"].lam == 4.0
     with pytest.raises(ValueError, match="mode 'int4protect'"):
         modes_for("int4protect")
+
+
+def test_outputs_are_cut_at_stop_strings(loaded, tmp_path):
+    """A stop string taken from the middle of the intact greedy output: the scored output ends before it,
+    the raw output is kept beside it, and the answer tokens are the prefix that decodes within the cut."""
+    cfg, params, tok = loaded
+    outs = generate(params, cfg, [tok.encode(t) for t in TEXTS], 6, eos_ids=tok.eos_token_ids)
+    raws = [tok.decode([i for i in o if i not in tok.eos_token_ids]) for o in outs]
+    j = max(range(len(raws)), key=lambda i: len(raws[i]))
+    stop = raws[j][len(raws[j]) // 2:][:2]
+    cut = raws[j][:raws[j].find(stop)]
+    after = raws[j][raws[j].find(stop):]
+    items = _write_jsonl(tmp_path / "items.jsonl", [{"prompt": t, "answer": after} for t in TEXTS])
+    run = {"task": "jsonl", "task_file": items, "n": 6, "batch_size": 6, "max_new_tokens": 6, "modes": ["none"],
+           "perplexity": False, "chat": "off", "stop": [stop]}
+    record, rows = evaluate(params, cfg, tok, run, progress=False)
+    assert rows[j]["output"] == cut and rows[j]["raw_output"] == raws[j] and not rows[j]["correct"]
+    assert record["settings"]["stop"] == [stop]
+    kept = evaluate(params, cfg, tok, {**run, "stop": []}, progress=False)[1]
+    assert kept[j]["output"] == raws[j] and kept[j]["correct"] and "raw_output" not in kept[j]
+    ids = tok.encode("The answer is 72.\n\nQuestion: Tom has", add_special_tokens=False)
+    text, toks = stop_at(tok, ids, tok.decode(ids), ("\n\n",))
+    assert text == "The answer is 72." and text.startswith(tok.decode(toks)) and len(toks) < len(ids)
+    assert not text.startswith(tok.decode(ids[:len(toks) + 1])), "the longest prefix within the cut"
+
+
+def test_chat_auto_records_the_system_prompts_and_fits_the_authors_lengths(loaded):
+    """The tiny checkpoint has a chat template: auto turns it on, the authors' system prompt is rendered as a
+    system turn and recorded; the authors' 2000-token passkey budget is cut to what max_seq_len leaves."""
+    cfg, params, tok = loaded
+    run = {"task": "facts", "category": "Sports", "n": 6, "batch_size": 6, "max_new_tokens": 6, "modes": ["none"],
+           "perplexity": False}
+    settings = evaluate(params, cfg, tok, run, progress=False)[0]["settings"]
+    assert settings["chat"] is True and settings["chat_requested"] == "auto" and settings["system_turn"] is True
+    assert settings["system_prompts"] == ["You are a helpful sports expert who can help me. Answer ''Yes'' or ''No''."]
+    assert settings["first_prompt"].startswith("<s><|system|>You are a helpful sports expert")
+    assert settings["stop"] == []
+    off = evaluate(params, cfg, tok, {**run, "chat": "off"}, progress=False)[0]["settings"]
+    assert off["chat"] is False and off["system_prompts"] == [] and off["stop"] == ["\n"]
+    passkey = evaluate(params, cfg, tok, {"task": "passkey", "n": 1, "max_tokens": 480, "digits": 6, "batch_size": 1,
+                                          "modes": ["none"], "perplexity": False}, progress=False)
+    prompt_len = len(prompts.encode([{"prompt": passkey[1][0]["prompt"], "system": tasks.SYSTEM["passkey"]}], tok,
+                                    chat=True)[0])
+    assert prompt_len <= 480 and passkey[0]["settings"]["max_new_tokens"] == cfg.max_seq_len - prompt_len
+
+
+def test_quantization_arms_run_as_modes(loaded):
+    """The claim-6 arms as modes: the weight-only arm quantizes the params the mode generates and is scored
+    with, so the paper's answer-alone perplexity of its answers differs from the intact model's."""
+    cfg, params, tok = loaded
+    run = {"task": "facts", "category": "Sports", "n": 4, "batch_size": 4, "max_new_tokens": 6,
+           "modes": ["none", "kv4_clip", "kv4_clip_protect", "w2_rtn", "w2_awq_random"], "chat": "off"}
+    record, rows = evaluate(params, cfg, tok, run, progress=False)
+    assert set(record["results"]) == set(run["modes"])
+    assert record["settings"]["disruptions"]["kv4_clip_protect"]["keep"] == "massive"
+    assert "random non-salient input channel" in record["settings"]["described"]["w2_awq_random"]
+    same = lambda m: [(r["output"], r["perplexity"]) for r in rows if r["mode"] == m]
+    assert same("w2_rtn") != same("none")

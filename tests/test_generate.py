@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-from hf_testlib import random_params, save, tiny_hf
 from flax import struct
 
+from hf_testlib import random_params, save, tiny_hf
 from minimal_lm import ModelConfig, as_hook, forward, from_pretrained, generate
 
 _forward = jax.jit(forward, static_argnames=("cfg",))  # hooks are traced pytrees
@@ -112,7 +111,7 @@ def test_sampling(ours):
 
 def test_bad_arguments(ours):
     cfg, params = ours
-    with pytest.raises(ValueError, match="intervene_on"):
+    with pytest.raises(ValueError, match="intervene_on=.prompt.: expected one of prefill, decode, all"):
         generate(params, cfg, [[1, 2]], 4, intervene_on="prompt")
     with pytest.raises(ValueError, match="max_seq_len=128"):
         generate(params, cfg, [[1] * 120], 16)

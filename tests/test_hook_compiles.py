@@ -2,7 +2,6 @@
 masks) run through forward (jitted) and generate without compiling again; a hook on one layer costs about
 what the plain forward costs, not an extra pass."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

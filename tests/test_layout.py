@@ -50,11 +50,6 @@ def test_minimal_lm_holds_no_training_run_machinery():
             assert name not in text, f"{path.relative_to(ROOT)} mentions {name}"
 
 
-FIGURES_FORCES_AGG = 'matplotlib.use("Agg")' in (ROOT / "probes" / "figures.py").read_text(encoding="utf-8")
-
-
-@pytest.mark.xfail(FIGURES_FORCES_AGG, strict=True,
-                   reason="probes/figures.py still calls matplotlib.use at import (its pending edit removes it)")
 def test_importing_the_packages_leaves_the_matplotlib_backend_alone():
     """A notebook's inline backend survives `import probes`: no module chooses a backend when imported
     (the CLIs choose Agg in their main)."""

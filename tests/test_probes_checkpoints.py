@@ -57,9 +57,10 @@ def test_records_per_step_report_and_figures(probed):
     assert summary["sites"]["v"][1]["first_massive_step"] is None
     html = (probed / "index.html").read_text()
     assert "step-0 checkpoint" not in html and "largest max ratio over layers, step 0 → 200" in html
-    assert sorted(p.name for p in (probed / "figures").glob("*.png")) == ["tiny_run0_emergence.png",
-                                                                         "tiny_run0_heatmap_step100.png"]
-    for name in ("tiny_run0_emergence.png", "tiny_run0_heatmap_step100.png"):
+    pngs = ["sinks_schemes.png", "tiny_run0_emergence.png", "tiny_run0_heatmap_step100.png"]
+    assert sorted(p.name for p in (probed / "figures").glob("*.png")) == pngs
+    assert [len(r.sinks["mean_mass"]) for r in records] == [2, 2, 2] and "Attention sinks (share of heads" in html
+    for name in pngs:
         assert f'src="figures/{name}"' in html
         img = matplotlib.image.imread(probed / "figures" / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0

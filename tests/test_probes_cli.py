@@ -42,7 +42,8 @@ def test_cli_writes_npz_json_figures_and_html(checkpoint, prompts_file, tmp_path
     out = tmp_path / "out"
     main(["massive", "--model", str(checkpoint), "--out", str(out), "--prompts", str(prompts_file), "--chat",
           "--batch-size", "2", "--max-len", "32", "--layers", "0,1", "--init-baseline"])
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "sinks  share of heads with first-token mass > 0.3" in printed
     with np.load(out / "massive.npz", allow_pickle=False) as z:
         ms = {k: z[k] for k in z.files}
     assert sorted(ms) == sorted(PROBE_SITES)
@@ -67,13 +68,19 @@ def test_cli_writes_npz_json_figures_and_html(checkpoint, prompts_file, tmp_path
         assert rec[site]["massive_count"] == [0, heads], site
         assert rec[site]["top1_dims"][1] == [DIM] * heads and rec[site]["lowfreq_share"][1] == 1.0
     assert rec["v"]["massive_count"] == [0, 0]
+    alpha_LH = np.array(rec["sinks"]["first_token_mass"])
+    assert alpha_LH.shape == (L, H) and ((alpha_LH > 0) & (alpha_LH <= 1)).all()
+    assert rec["sinks"]["sink_share"] == (alpha_LH > 0.3).mean() and rec["sinks"]["queries"] == s["tokens"]
+    assert len(rec["init_baseline"]["sinks"]["mean_mass"]) == L
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["heads_dims_layer0.png", "heads_dims_layer1.png", "layers_dims.png", "lowfreq_share.png"]
+    assert pngs == ["first_token_mass.png", "heads_dims_layer0.png", "heads_dims_layer1.png", "layers_dims.png",
+                    "lowfreq_share.png"]
     for name in pngs:
         img = matplotlib.image.imread(out / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
     html = (out / "index.html").read_text()
     assert all(f'src="{name}"' in html for name in pngs) and "<table>" in html and "q_pre" in html
+    assert "Attention sinks" in html and "sink heads (&gt; 0.3)" in html
 
 
 def test_cli_text_file_default_layers_and_site_subset(checkpoint, tmp_path):

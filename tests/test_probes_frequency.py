@@ -5,15 +5,15 @@ import json
 
 import numpy as np
 import pytest
-from hf_testlib import random_params, save, tiny_hf, tiny_tokenizer
 
+from hf_testlib import random_params, save, tiny_hf, tiny_tokenizer
 from minimal_lm import ModelConfig
 from probes import emergence as em
 from probes import massive
 from probes.__main__ import main
 from probes.massive_cmd import massive_report
 from probes.records import Record, make_record
-from probes.report_cmd import emergence_paragraphs, emergence_section
+from probes.report import emergence_paragraphs, emergence_section
 
 # head_dim 32, a quarter rotated (Pythia's rotary_pct): dims 0..7 rotate (4 frequencies, j mod 4), 8..31 do not.
 PARTIAL = ModelConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=2, head_dim=32, max_seq_len=32,

@@ -45,3 +45,24 @@ def test_planted_column_in_hf_weights_is_found_by_both_rules(tmp_path):
         assert massive.threshold_rule(ms[site]) == want, site
         assert {s for s in massive.topk_rule(ms[site], 1) if s[0] == 0} == want, site
     assert massive.threshold_rule(ms["v"]) == set()
+
+
+def test_qwen3_probes_cover_the_projections_before_the_qk_norm(tmp_path):
+    """With q/k norms, q_proj/k_proj differ from q_pre/k_pre: the default sites include them, their M equals
+    HF's q_proj/k_proj outputs, and the massive report records them."""
+    from probes.massive_cmd import massive_report
+
+    model = tiny_hf("qwen3", seed=0)
+    cfg, params, _ = from_pretrained(save(model, tmp_path / "ckpt"))
+    assert massive.probe_sites(cfg) == massive.PROBE_SITES + ("q_proj", "k_proj")
+    assert massive.probe_sites(cfg.replace(qk_norm=False)) == massive.PROBE_SITES
+    tokens_BT = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 24)).astype(np.int32)
+    _, raw = hf_sites(model, tokens_BT)
+    ms, _ = massive.norm_matrices(params, cfg, [(tokens_BT, np.ones(tokens_BT.shape, bool))],
+                                  massive.probe_sites(cfg), progress=False)
+    for site in ("q_proj", "k_proj"):
+        want_LHE = np.sqrt((raw[site].astype(np.float64) ** 2).sum((1, 2)))
+        np.testing.assert_allclose(ms[site], want_LHE, rtol=1e-5, err_msg=site)
+        assert not np.allclose(ms[site], ms[site.replace("proj", "pre")], rtol=1e-3)
+    record = massive_report(params, cfg, tokens_BT.tolist(), tmp_path / "out", progress=False)
+    assert record["settings"]["sites"][-2:] == ["q_proj", "k_proj"] and "q_proj" in record

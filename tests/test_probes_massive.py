@@ -60,7 +60,7 @@ def test_padding_does_not_contribute(params, token_lists):
     """A short and a long prompt left-padded together give the M of the two run alone, whatever the pad ids."""
     pair = [token_lists[4], token_lists[1]]
     [(tokens_BT, mask_BT)] = left_padded_batches(pair, batch_size=2, pad_id=0)
-    assert mask_BT.shape == (2, 16) and mask_BT.sum() == 3 + 16
+    assert mask_BT.shape == (2, 32) and mask_BT.sum() == 3 + 16
     alone = [(np.array([t], np.int32), np.ones((1, len(t)), bool)) for t in pair]
     other_pad = np.where(mask_BT, tokens_BT, CFG.vocab_size - 1)
     ms_pad, _ = massive.norm_matrices(params, CFG, [(tokens_BT, mask_BT)], progress=False)
@@ -95,6 +95,18 @@ def test_selection_rules_match_reference(m_LHE, lam, k):
     assert massive.threshold_rule(m_LHE, lam) == reference_threshold(m_LHE, lam)
     assert massive.topk_rule(m_LHE, k) == reference_topk(m_LHE, k)
     assert massive.topk_dims(m_LHE, k).shape == m_LHE.shape[:2] + (k,)
+
+
+@pytest.mark.parametrize("select", ["massive", "non_massive"])
+def test_selection_is_the_same_on_numpy_records_and_under_jit(select):
+    """One rule serves the records (numpy in, numpy out) and the disruption (jax, traced lam)."""
+    m_LHE = np.random.default_rng(0).integers(0, 4, (3, 4, 8)).astype(np.float32)
+    m_LHE[0, 0, 5] = 40.0
+    for k, lam in ((2, None), (None, 1.5)):
+        want = massive.select_dims(m_LHE, select, k, lam)
+        got = jax.jit(massive.select_dims, static_argnums=(1, 2))(jnp.asarray(m_LHE), select, k, lam)
+        assert isinstance(want, np.ndarray) and want.dtype == bool and want.any()
+        np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def planted(params, layer, dim, scale=30.0):

@@ -3,19 +3,27 @@ import json
 
 import pytest
 
+from minimal_lm.batching import bucket_length, left_pad
 from probes import prompts
 
 
 def test_left_padded_batches_sort_pad_left_and_keep_one_shape():
     lists = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15]]
     batches = list(prompts.left_padded_batches(lists, batch_size=3, pad_id=0))
-    assert [b[0].shape for b in batches] == [(3, 8), (3, 16)]
+    assert [b[0].shape for b in batches] == [(3, 32), (3, 32)]
     tokens, mask = batches[0]
-    assert tokens[0].tolist() == [0] * 7 + [4] and tokens[2].tolist() == [0] * 5 + [1, 2, 3]
+    assert tokens[0].tolist() == [0] * 31 + [4] and tokens[2].tolist() == [0] * 29 + [1, 2, 3]
     assert mask.sum(1).tolist() == [1, 2, 3] and (tokens[~mask] == 0).all()
     tokens, mask = batches[1]
     assert mask.sum(1).tolist() == [9, 0, 0] and tokens[0, -9:].tolist() == lists[2]
-    assert prompts.num_batches(4, 3) == 2 and prompts.padded_length(9) == 16
+    assert prompts.num_batches(4, 3) == 2
+
+
+def test_bucket_length_rounds_to_32_under_the_cap():
+    assert [bucket_length(n) for n in (1, 32, 33, 100)] == [32, 32, 64, 128]
+    assert bucket_length(33, cap=40) == 40 and bucket_length(50, cap=40) == 50 and bucket_length(9, cap=16) == 16
+    tokens_BT, mask_BT = left_pad([[5, 6], [7]], rows=3, pad_id=1, length=4)
+    assert tokens_BT.tolist() == [[1, 1, 5, 6], [1, 1, 1, 7], [1, 1, 1, 1]] and mask_BT.sum(1).tolist() == [2, 1, 0]
 
 
 def test_read_files_and_errors_name_the_line(tmp_path):

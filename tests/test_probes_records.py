@@ -62,3 +62,21 @@ def test_planted_edit_shows_in_the_record_of_that_step(tmp_path, probe):
     assert after.summary["k_pre"]["massive_count"][1] >= 1
     assert after.summary["k_pre"]["top1_dims"][1][0] == 3
     assert after.summary["k_pre"]["massive_count"][0] == before.summary["k_pre"]["massive_count"][0]
+
+
+def test_record_holds_sinks_and_old_records_without_them_still_load(tmp_path, probe):
+    from probes import emergence as em
+    from probes.report import sink_paragraph
+    from probes.sinks import first_token_mass
+
+    params = init_params(CFG, jax.random.key(4))
+    rec = probe(tmp_path, params, step=20, tokens_seen=640)
+    alpha_LH, _ = first_token_mass(params, CFG, [(probe.tokens_BT, probe.mask_BT)], progress=False)
+    np.testing.assert_allclose(rec.sinks["first_token_mass"], alpha_LH, atol=1e-6)
+    assert rec.sinks["eps"] == 0.3 and rec.sinks["sink_share"] == (np.asarray(alpha_LH) > 0.3).mean()
+    write_record(tmp_path, Record(10, 320, rec.norms, rec.summary))  # as written before sinks were recorded
+    old, new = read_records(tmp_path)
+    assert old.sinks is None and new.sinks == rec.sinks
+    s = em.summarize([old, new])["sinks"]
+    assert s["recorded"] == 1 and s["missing"] == 1 and s["first_step"] == 20
+    assert "old not recorded" in sink_paragraph({"old": {"summary": em.summarize([old])}})

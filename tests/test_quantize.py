@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from hf_testlib import random_params
-
 from minimal_lm import ModelConfig, forward
 from probes import massive
 from probes.quantize import QuantizeActs, massive_columns, quantize_heads, quantize_weights

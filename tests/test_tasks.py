@@ -136,7 +136,7 @@ def _write(path, rows):
 def test_loaders_read_the_public_formats(tmp_path):
     g = tasks.build("gsm8k", task_file=_write(tmp_path / "g.jsonl", [
         {"question": "Natalia sold 48 clips and half as many more. How many?", "answer": "48/2 = 24\n#### 1,072"}]))
-    assert g.items[0]["answer"] == "1072" and g.scorer == "last_number" and g.items[0]["kind"] == "contextual"
+    assert g.items[0]["answer"] == "1072" and g.scorer == "answer_number" and g.items[0]["kind"] == "contextual"
     a = tasks.build("aqua", task_file=_write(tmp_path / "a.jsonl", [
         {"question": "2+2?", "options": ["A)3", "B)4"], "rationale": "", "correct": "B"}]))
     assert a.items[0]["answer"] == "B" and "A)3 B)4" in a.items[0]["prompt"]
