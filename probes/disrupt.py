@@ -118,6 +118,13 @@ def parse_layers(value) -> tuple[int, ...] | None:
     return tuple(sorted(set(value)))
 
 
+def settle_sites_and_layers(hook) -> None:
+    """A head-site hook's `sites` and (when Python values) `layers` parsed in place, in __post_init__."""
+    object.__setattr__(hook, "sites", parse_names("sites", hook.sites, HEAD_SITES))
+    if is_python(hook.layers):
+        object.__setattr__(hook, "layers", parse_layers(hook.layers))
+
+
 def in_layers(layer, layers):
     """Whether the traced layer index is one of `layers` (a tuple of ints or of traced int scalars)."""
     return jnp.isin(layer, jnp.asarray(layers, jnp.int32))
@@ -154,9 +161,7 @@ class Disruption:
         elif is_python(self.lam) and (isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
                                       or not self.lam > 0):
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
-        object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
-        if is_python(self.layers):
-            object.__setattr__(self, "layers", parse_layers(self.layers))
+        settle_sites_and_layers(self)
 
     def __call__(self, site: str, layer, x):
         return self.apply(site, layer, x, None)

@@ -18,7 +18,7 @@ import numpy as np
 from flax import struct
 
 from minimal_lm.hooks import check_scope, is_python, static
-from probes.disrupt import HEAD_SITES, Bound, in_layers, parse_layers, parse_names
+from probes.disrupt import Bound, in_layers, parse_names, settle_sites_and_layers
 from probes.massive import column_norms, select_dims, threshold_mask, topk_mask
 
 ACT_GRANULARITY = ("per_token", "per_channel", "per_group")
@@ -108,9 +108,7 @@ class QuantizeActs:
         if self.lam is not None and is_python(self.lam) and not self.lam > 0:
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
         check_scope(self.scope)
-        object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
-        if is_python(self.layers):
-            object.__setattr__(self, "layers", parse_layers(self.layers))
+        settle_sites_and_layers(self)
 
     def __call__(self, site, layer, x):
         return self.apply(site, layer, x, None)

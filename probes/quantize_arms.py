@@ -30,7 +30,7 @@ from minimal_lm import ModelConfig, forward
 from minimal_lm.hooks import is_python, static
 from minimal_lm.model import norm
 from minimal_lm.positions import scheme
-from probes.disrupt import HEAD_SITES, Bound, in_layers, parse_layers, parse_names
+from probes.disrupt import Bound, in_layers, parse_names, settle_sites_and_layers
 from probes.massive import column_norms, select_dims
 from probes.quantize import _check_bits, round_to_nearest
 
@@ -102,9 +102,7 @@ class KVQuant:
             raise ValueError(f"lam={self.lam!r}: expected a positive number")
         if self.scope not in ("prefill", "all"):
             raise ValueError(f"scope={self.scope!r}: expected 'prefill' or 'all'")
-        object.__setattr__(self, "sites", parse_names("sites", self.sites, HEAD_SITES))
-        if is_python(self.layers):
-            object.__setattr__(self, "layers", parse_layers(self.layers))
+        settle_sites_and_layers(self)
 
     def __call__(self, site, layer, x):
         return self.apply(site, layer, x, None)
