@@ -118,6 +118,21 @@ def parse_layers(value) -> tuple[int, ...] | None:
     return tuple(sorted(set(value)))
 
 
+def settle_rule(hook, *, min_k: int = 0, k_is: str = "a non-negative integer (dims per head)") -> None:
+    """A hook's dim rule checked in place, in __post_init__: top-k (`k`, default 1) or threshold (`lam`),
+    not both; k an integer >= min_k, lam positive."""
+    if hook.k is not None and hook.lam is not None:
+        raise ValueError(f"k={hook.k} and lam={hook.lam}: give one selection rule, top-k or threshold")
+    if hook.lam is None:
+        k = 1 if hook.k is None else hook.k
+        if isinstance(k, bool) or not isinstance(k, int) or k < min_k:
+            raise ValueError(f"k={hook.k!r}: expected {k_is}")
+        object.__setattr__(hook, "k", k)
+    elif is_python(hook.lam) and (isinstance(hook.lam, bool) or not isinstance(hook.lam, (int, float))
+                                  or not hook.lam > 0):
+        raise ValueError(f"lam={hook.lam!r}: expected a positive number")
+
+
 def settle_sites_and_layers(hook) -> None:
     """A head-site hook's `sites` and (when Python values) `layers` parsed in place, in __post_init__."""
     object.__setattr__(hook, "sites", parse_names("sites", hook.sites, HEAD_SITES))
@@ -151,16 +166,7 @@ class Disruption:
         if self.replace not in REPLACE:
             raise ValueError(f"replace={self.replace!r}: expected one of {', '.join(REPLACE)}")
         check_scope(self.scope)
-        if self.k is not None and self.lam is not None:
-            raise ValueError(f"k={self.k} and lam={self.lam}: give one selection rule, top-k or threshold")
-        if self.lam is None:
-            k = 1 if self.k is None else self.k
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise ValueError(f"k={self.k!r}: expected a non-negative integer (dims per head)")
-            object.__setattr__(self, "k", k)
-        elif is_python(self.lam) and (isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
-                                      or not self.lam > 0):
-            raise ValueError(f"lam={self.lam!r}: expected a positive number")
+        settle_rule(self)
         settle_sites_and_layers(self)
 
     def __call__(self, site: str, layer, x):

@@ -36,6 +36,11 @@ TASK_OPTIONS = {"passkey": ("max_tokens", "digits", "position", "insert_position
 AUTHORS_ONLY = ("insert_position", "interval", "question")
 
 
+PromptTooLong = tasks.PromptTooLong
+"""Raised before any generation when a run's prompts (with the answer budget) do not fit the model's
+max_seq_len, or a passkey prompt does not fit its max_tokens."""
+
+
 def modes_for(names, *, top_k=None, lam=None, replace="mean", scope="prefill", sites=("q", "k"),
               layers=None) -> dict:
     """Mode name -> intervention: "none" -> None, "massive"/"non_massive" -> the same Disruption but for
@@ -116,14 +121,19 @@ def evaluate(params, cfg: ModelConfig, tokenizer, run: dict, *, progress: bool =
     longest = max(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     max_new, room = task.max_new_tokens, cfg.max_seq_len - len(token_lists[longest])
     if max_new > room and (r["max_new_tokens"] is not None or room < 1):
-        raise ValueError(f"{label}: item {longest} has {len(token_lists[longest])} prompt tokens; with "
-                         f"max_new_tokens={task.max_new_tokens} that exceeds the model's max_seq_len="
-                         f"{cfg.max_seq_len} (use fewer passkey max_tokens or shorter prompts)")
+        raise PromptTooLong(f"{label}: item {longest} has {len(token_lists[longest])} prompt tokens; with "
+                            f"max_new_tokens={task.max_new_tokens} that exceeds the model's max_seq_len="
+                            f"{cfg.max_seq_len} (use fewer passkey max_tokens or shorter prompts)")
     task = task._replace(max_new_tokens=min(max_new, room))
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     batches = [order[s:s + r["batch_size"]] for s in range(0, len(order), r["batch_size"])]
     eos = set(tokenizer.eos_token_ids)
     results, rows = {}, []
+
+    def stopped(toks):
+        text = tokenizer.decode([t for t in toks if t not in eos])
+        return tasks.cut_at_stop(text, task.stop) != text
+
     bar = tqdm(total=len(modes) * len(batches), desc=label, unit="batch", disable=not progress)
     for mode, hook in modes.items():
         mode_params = params
@@ -135,7 +145,8 @@ def evaluate(params, cfg: ModelConfig, tokenizer, run: dict, *, progress: bool =
         gen = [None] * len(token_lists)
         for batch in batches:
             outs = generate(mode_params, cfg, [token_lists[i] for i in batch], task.max_new_tokens, eos_ids=sorted(eos),
-                            intervention=hook, intervene_on=hook.scope if hook is not None else "all")
+                            intervention=hook, intervene_on=hook.scope if hook is not None else "all",
+                            stop=stopped if task.stop else None)
             for i, o in zip(batch, outs):
                 gen[i] = [t for t in o if t not in eos]
             bar.update()

@@ -27,10 +27,10 @@ import numpy as np
 from flax import struct
 
 from minimal_lm import ModelConfig, forward
-from minimal_lm.hooks import is_python, static
+from minimal_lm.hooks import check_scope, static
 from minimal_lm.model import norm
 from minimal_lm.positions import scheme
-from probes.disrupt import Bound, in_layers, parse_names, settle_sites_and_layers
+from probes.disrupt import Bound, in_layers, parse_names, settle_rule, settle_sites_and_layers
 from probes.massive import column_norms, select_dims
 from probes.quantize import _check_bits, round_to_nearest
 
@@ -91,17 +91,11 @@ class KVQuant:
         _check_clip(self.clip)
         if self.keep not in KEEP:
             raise ValueError(f"keep={self.keep!r}: expected one of {', '.join(KEEP)}")
-        if self.k is not None and self.lam is not None:
-            raise ValueError(f"k={self.k} and lam={self.lam}: give one rule for the massive dims")
-        if self.lam is None:
-            k = 1 if self.k is None else self.k
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ValueError(f"k={self.k!r}: expected a positive number of massive dims per head")
-            object.__setattr__(self, "k", k)
-        elif is_python(self.lam) and not self.lam > 0:
-            raise ValueError(f"lam={self.lam!r}: expected a positive number")
-        if self.scope not in ("prefill", "all"):
-            raise ValueError(f"scope={self.scope!r}: expected 'prefill' or 'all'")
+        settle_rule(self, min_k=1, k_is="a positive number of massive dims per head")
+        check_scope(self.scope)
+        if self.scope == "decode":
+            raise ValueError("scope='decode': a quantized KV cache holds the prompt's keys too; expected "
+                             "'prefill' or 'all'")
         settle_sites_and_layers(self)
 
     def __call__(self, site, layer, x):

@@ -175,6 +175,25 @@ def test_outputs_are_cut_at_stop_strings(loaded, tmp_path):
     assert not text.startswith(tok.decode(ids[:len(toks) + 1])), "the longest prefix within the cut"
 
 
+def test_generation_ends_at_stop_strings(loaded, monkeypatch):
+    """evaluate hands generate a stop test that fires once a row's text holds a stop string (so a base
+    model stops generating there, not only has its output cut), and none when the task has no stop."""
+    import probes.experiment as ex
+
+    cfg, params, tok = loaded
+    tests = []
+    real = ex.generate
+    monkeypatch.setattr(ex, "generate", lambda *a, stop=None, **k: tests.append(stop) or real(*a, stop=stop, **k))
+    run = {"task": "facts", "n": 2, "batch_size": 2, "modes": ["none"], "perplexity": False, "chat": "off"}
+    record, _ = evaluate(params, cfg, tok, {**run, "stop": ["\nQ"]}, progress=False)
+    stop = tests[-1]
+    assert stop(tok.encode("Paris is big", add_special_tokens=False)) is False
+    assert stop(tok.encode("Paris\nQuestion", add_special_tokens=False)) is True
+    assert stop(tok.encode("Paris\nQuestion", add_special_tokens=False) + list(tok.eos_token_ids)) is True
+    evaluate(params, cfg, tok, {**run, "stop": []}, progress=False)
+    assert tests[-1] is None
+
+
 def test_chat_auto_records_the_system_prompts_and_fits_the_authors_lengths(loaded):
     """The tiny checkpoint has a chat template: auto turns it on, the authors' system prompt is rendered as a
     system turn and recorded; the authors' 2000-token passkey budget is cut to what max_seq_len leaves."""

@@ -56,6 +56,34 @@ def test_eos_stops_each_row(hf_pair):
     assert stopped == [full[0][:full[0].index(eos) + 1], full[1]]
 
 
+def test_stop_test_ends_rows_early(ours, monkeypatch):
+    """A host-side stop test ends a row after the chunk in which it fires: the tokens before it are those of
+    a run without one, and decoding stops once every row is done (fewer decode calls, not a cut output)."""
+    import importlib
+
+    g = importlib.import_module("minimal_lm.generate")  # the package's `generate` is the function
+    cfg, params = ours
+    ps = prompts([20, 25], cfg.vocab_size, seed=4)
+    full = generate(params, cfg, ps, 40, temperature=1.5, seed=3)
+    calls = []
+    real = g._decode
+    monkeypatch.setattr(g, "_decode", lambda *a, **k: calls.append(int(a[2])) or real(*a, **k))
+    at = {0: 3, 1: 10}  # row b "sees its stop string" once it has at[b] tokens
+    seen = []
+
+    def stop(tokens):
+        seen.append(tokens)
+        return any(tokens[:n] == full[b][:n] and len(tokens) >= n for b, n in at.items())
+
+    out = generate(params, cfg, ps, 40, temperature=1.5, seed=3, stop=stop, chunk=4)
+    assert calls == [5, 9, 13], calls  # row 0 stops after the first chunk, row 1 after the third
+    assert out[0] == full[0][:5] and out[1] == full[1][:13]
+    assert all(t == full[0][:len(t)] or t == full[1][:len(t)] for t in seen)
+    assert generate(params, cfg, ps, 40, temperature=1.5, seed=3, stop=lambda t: False, chunk=7) == full
+    with pytest.raises(ValueError, match="chunk=0"):
+        generate(params, cfg, ps, 4, stop=stop, chunk=0)
+
+
 def full_recompute(params, cfg, prompt, new, intervention=None, length=64):
     """Logits of the whole sequence at the positions that predict each new token, without a cache.
     Right padding to a fixed length (harmless under causal attention) keeps one compiled program."""
@@ -139,14 +167,14 @@ class _ScaleV:
 def test_array_hook_with_bind_is_traced(ours):
     """A hook holding arrays is a traced argument: another value of it reuses the compiled program, and
     bind(mask_BT) sees the prompt's real tokens. (It replaces a test of unhashable hooks passed by identity.)"""
-    from minimal_lm.generate import _generate
+    from minimal_lm.generate import _decode, _prefill
 
     cfg, params = ours
     prompt = prompts([30], cfg.vocab_size, seed=2)[0]
     a = generate(params, cfg, [prompt], 16, intervention=_ScaleV(jnp.full((cfg.dim_per_head,), -1.0)),
                  intervene_on="prefill")
     assert a == generate(params, cfg, [prompt], 16, intervention=flip_v, intervene_on="prefill")
-    before = _generate._cache_size()
+    before = _prefill._cache_size(), _decode._cache_size()
     b = generate(params, cfg, [prompt], 16, intervention=_ScaleV(jnp.full((cfg.dim_per_head,), 3.0)),
                  intervene_on="prefill")
-    assert _generate._cache_size() == before and b != a
+    assert (_prefill._cache_size(), _decode._cache_size()) == before and b != a

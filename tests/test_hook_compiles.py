@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minimal_lm import ModelConfig, Patch, forward, generate, init_params, run_with_cache
-from minimal_lm.generate import _generate
+from minimal_lm.generate import _decode, _prefill
 from minimal_lm.hooks import Fn
 from probes.disrupt import SetDims, disrupt
 
@@ -112,10 +112,11 @@ def test_generate_compiles_once_for_five_hook_values(params, kind):
             clean = np.where(mask, (tokens + 7 * (i + 1)) % CFG.vocab_size, 0)
             _, cache = run_with_cache(params, clean, CFG, sites=("v",), mask_BT=mask)
             hooks.append(Patch("v", cache["v"], heads=np.arange(K) == i % K, source_mask=mask))
-    before = _generate._cache_size()
-    with Compiles("_generate") as c:
+    before = _prefill._cache_size(), _decode._cache_size()
+    with Compiles("_prefill") as c, Compiles("_decode") as d:
         outs = [generate(params, CFG, PROMPTS, 8, intervention=h, intervene_on="prefill") for h in hooks]
-    assert _generate._cache_size() - before == 1 and c.count == 1, (_generate._cache_size() - before, c.count)
+    added = _prefill._cache_size() - before[0], _decode._cache_size() - before[1]
+    assert added == (1, 1) and c.count == d.count == 1, (added, c.count, d.count)
     assert len({str(o) for o in outs}) > 1, "the hook values change what is generated"
 
 
