@@ -52,6 +52,10 @@ SYSTEM = {
 the conflict task uses the cities one (run_datasets.py:329), facts one per category (FACT_SYSTEM)."""
 
 
+class PromptTooLong(ValueError):
+    """Prompts that do not fit a token budget (a passkey max_tokens, a model's max_seq_len)."""
+
+
 class Task(NamedTuple):
     name: str
     items: list[dict]
@@ -113,8 +117,8 @@ def passkey(n: int, *, max_tokens: int = 128, digits: int = 6, position: float |
         share = rng.random() if position is None else position
         fits = lambda m: count(passkey_prompt(key, m, round(share * m), chat)) <= max_tokens
         if not fits(0):
-            raise ValueError(f"max_tokens={max_tokens}: the passkey prompt with a {digits}-digit key and no filler "
-                             f"is already {count(passkey_prompt(key, 0, 0, chat))} tokens")
+            raise PromptTooLong(f"max_tokens={max_tokens}: the passkey prompt with a {digits}-digit key and no filler "
+                                f"is already {count(passkey_prompt(key, 0, 0, chat))} tokens")
         lo, hi = 0, 1
         while fits(hi):
             lo, hi = hi, hi * 2
@@ -144,8 +148,8 @@ def passkey_authors(n: int, *, max_tokens: int = 128, digits: int = 6, insert_po
     key_len = count(PASSKEY_KEY.replace("{key}", "{KEY}"))
     n_filler = (max_tokens - key_len - prefix_len) // filler_len
     if max_tokens <= key_len + prefix_len or n_filler < 2:
-        raise ValueError(f"max_tokens={max_tokens}: the authors' generator needs room for 2 fillers "
-                         f"(instruction {prefix_len}, key sentence {key_len}, filler {filler_len} tokens)")
+        raise PromptTooLong(f"max_tokens={max_tokens}: the authors' generator needs room for 2 fillers "
+                            f"(instruction {prefix_len}, key sentence {key_len}, filler {filler_len} tokens)")
     rng = np.random.RandomState(seed=max_tokens + insert_position)
 
     def draw_key(length):

@@ -145,7 +145,8 @@ def test_weight_arm_runs_in_the_model_and_describes_itself():
     (lambda: KVQuant(k=1, lam=5.0), "one selection rule"),
     (lambda: KVQuant(k=0), "k=0: expected a positive number of massive dims"),
     (lambda: KVQuant(scope="decode"), "scope='decode': a quantized KV cache"),
-    (lambda: KVQuant(scope="both"), "scope='both': expected one of prefill, decode, all"), (lambda: WeightQuant(channels="big"), "channels='big'"),
+    (lambda: KVQuant(scope="both"), "scope='both': expected one of prefill, decode, all"),
+    (lambda: WeightQuant(channels="big"), "channels='big'"),
     (lambda: WeightQuant(method="gptq"), "method='gptq'"), (lambda: WeightQuant(targets=("wo",)), "wo"),
     (lambda: WeightQuant(channels="salient")({"layers": {}}), "needs calibration"),
 ])
