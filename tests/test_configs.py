@@ -158,6 +158,17 @@ def test_overrides_round_trip(steps, lr, layers, overwrite):
     assert ("train.steps" in changed) == (steps != 300)
 
 
+def test_config_diff_reads_a_key_added_since_as_its_default():
+    old = RunConfig().to_dict()
+    del old["data"]["vocab_size"], old["model"]["d_model"]
+    new = RunConfig().to_dict()
+    assert config_diff(old, new, defaults=RunConfig().to_dict()) == []
+    assert config_diff(old, new) == ["data.vocab_size: '<absent>' -> 2048", f"model.d_model: '<absent>' -> "
+                                     f"{new['model']['d_model']}"]
+    changed = apply_overrides(RunConfig(), ["data.vocab_size=512"]).to_dict()
+    assert config_diff(old, changed, defaults=RunConfig().to_dict()) == ["data.vocab_size: 2048 -> 512"]
+
+
 def test_config_diff_ignores_bookkeeping_keys():
     a, b = RunConfig(), apply_overrides(RunConfig(), ["train.stop_after=5", "train.progress=false", "train.lr=1e-4"])
     assert config_diff(a.to_dict(), b.to_dict()) == ["train.lr: 0.003 -> 0.0001"]

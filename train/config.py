@@ -13,7 +13,7 @@ from typing import Any
 
 from minimal_lm.config import ConfigError, ModelConfig, build_dataclass
 
-DATA_KINDS = ("synthetic", "shards")
+DATA_KINDS = ("synthetic", "shards", "stdlib")
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,19 @@ CONTROL_KEYS = frozenset(f"train.{k}" for k in (
 class DataConfig:
     """Where batches come from. Batch `step` is a pure function of (seed, step)."""
 
-    kind: str = "synthetic"  # synthetic | shards
+    kind: str = "synthetic"  # synthetic | shards | stdlib (the running Python's standard library, train/stdlib.py)
     path: str = ""  # shards: a directory written by `python -m train prepare`
     seed: int = 0
     num_facts: int = 64  # synthetic: size of the fixed table of made-up facts
     facts_seed: int = 0  # synthetic: the facts table (keep it to evaluate a run's memorised facts)
     passkey_digits: int = 5  # synthetic: digits of a pass key
     recall_pairs: int = 4  # synthetic: pairs per "Pairs:" line, 0 to 8 (0: no pairs lines)
+    vocab_size: int = 2048  # stdlib: BPE vocabulary trained on the train files (model.vocab_size must hold it)
+    val_fraction: float = 0.05  # stdlib: share of files held out (chosen by a hash of each file's path)
+    max_files: int = 0  # stdlib: keep only the first N files of the sorted order (0: all)
+    max_bytes: int = 0  # stdlib: keep files of the sorted order while their bytes stay within this (0: all)
+    stdlib_tests: bool = False  # stdlib: include the test directories (test, tests, idle_test)
+    cache_dir: str = ""  # stdlib: where corpora are cached ("": $MINIMAL_LM_CACHE or ~/.cache/minimal_lm)
 
     def __post_init__(self):
         if self.kind not in DATA_KINDS:
@@ -82,6 +88,9 @@ class DataConfig:
         if self.kind == "synthetic" and self.path:
             raise ConfigError(f"data.path={self.path!r} is set but data.kind='synthetic' does not read it: "
                               "add data.kind=shards to train on it, or clear data.path")
+        if self.kind == "stdlib" and self.path:
+            raise ConfigError(f"data.path={self.path!r} is set but data.kind='stdlib' builds its own corpus: clear "
+                              "data.path (data.cache_dir says where the corpus is cached)")
         if self.kind == "shards" and not self.path:
             raise ConfigError("data.path is empty: data.kind='shards' needs a directory written by "
                               "`python -m train prepare`")
@@ -89,6 +98,10 @@ class DataConfig:
             _check(f"data.{name}", getattr(self, name), lambda v: least <= v <= most,
                    f"an integer from {least} to {most}")
         _check("data.seed", self.seed, lambda v: v >= 0, "an integer >= 0")
+        _check("data.vocab_size", self.vocab_size, lambda v: 258 <= v <= 1 << 16, "an integer from 258 to 65536")
+        _check("data.val_fraction", self.val_fraction, lambda v: 0 < v < 1, "a number between 0 and 1", float)
+        for name in ("max_files", "max_bytes"):
+            _check(f"data.{name}", getattr(self, name), lambda v: v >= 0, "an integer >= 0 (0: no cap)")
         _check("data.facts_seed", self.facts_seed, lambda v: v >= 0, "an integer >= 0")
 
 
@@ -102,6 +115,11 @@ class RunConfig:
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len="
                               f"{self.model.max_seq_len}; raise model.max_seq_len or lower train.seq_len")
+        if self.data.kind == "stdlib" and self.data.vocab_size > self.model.vocab_size:
+            raise ConfigError(f"data.vocab_size={self.data.vocab_size} exceeds model.vocab_size="
+                              f"{self.model.vocab_size}: the model must hold the stdlib corpus's vocabulary; set "
+                              f"model.vocab_size="
+                              f"{self.data.vocab_size} or lower data.vocab_size")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train),
@@ -262,9 +280,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: dict, new: dict, ignore=CONTROL_KEYS) -> list[str]:
-    """Dotted keys whose values differ between two `to_dict()` configs, as 'key: old -> new'."""
-    a, b = flatten(old), flatten(new)
+def config_diff(old: dict, new: dict, ignore=CONTROL_KEYS, defaults: dict | None = None) -> list[str]:
+    """Dotted keys whose values differ between two `to_dict()` configs, as 'key: old -> new'. A key absent
+    from `old` reads as its value in `defaults` (a `to_dict()` of the default config): a config written
+    before the key existed ran with its default."""
+    a, b = {**flatten(defaults or {}), **flatten(old)}, flatten(new)
     keys = sorted((set(a) | set(b)) - set(ignore))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
             for k in keys if a.get(k) != b.get(k)]

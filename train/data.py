@@ -107,15 +107,18 @@ def read_meta(meta_path: Path) -> dict:
 
 
 class ShardSource:
-    def __init__(self, data: DataConfig):
-        self.data = data
-        self.train, self.val = Shards(data.path, "train"), Shards(data.path, "val")
+    """Windows of the token shards in `path` (default data.path): data.kind "shards", and "stdlib" once its
+    corpus is built (train.stdlib)."""
+
+    def __init__(self, data: DataConfig, path: str | Path | None = None):
+        self.data, self.path = data, Path(data.path if path is None else path)
+        self.train, self.val = Shards(self.path, "train"), Shards(self.path, "val")
         self.vocab_size = self.train.meta["vocab_size"]
 
     def check(self, length: int, vocab_size: int) -> None:
         """Before training: the tokenizer (if any) matches meta.json and the model, both splits have a
         window of `length` tokens, every token id fits the model's vocabulary."""
-        tok = Path(self.data.path) / "tokenizer.json"
+        tok = self.path / "tokenizer.json"
         if tok.is_file():
             from tokenizers import Tokenizer
 
@@ -138,8 +141,8 @@ class ShardSource:
 
     def save_tokenizer(self, run_dir: Path):
         for name in ("tokenizer.json", "tokenizer_config.json"):
-            if (Path(self.data.path) / name).is_file():
-                shutil.copyfile(Path(self.data.path) / name, run_dir / name)
+            if (self.path / name).is_file():
+                shutil.copyfile(self.path / name, run_dir / name)
 
 
 class SyntheticSource:
@@ -165,4 +168,9 @@ class SyntheticSource:
 
 
 def make_source(data: DataConfig) -> ShardSource | SyntheticSource:
+    """The batches of `data`; for data.kind "stdlib" the corpus is built first unless it is cached."""
+    if data.kind == "stdlib":
+        from train.stdlib import ensure_corpus
+
+        return ShardSource(data, ensure_corpus(data))
     return ShardSource(data) if data.kind == "shards" else SyntheticSource(data)
