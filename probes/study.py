@@ -30,7 +30,7 @@ from probes.disrupt import SELECT
 from probes.emergence import DISRUPTION_LOG, accuracy_by_kind
 from probes.experiment import evaluate, modes_for
 from probes.records import TrainingProbe, drop_after, record_dir
-from train.checkpoint import append_log, truncate_log
+from train.checkpoint import LOCK, append_log, truncate_log
 from train.config import RunConfig, apply_overrides, config_diff, load_python
 
 PROBE_SOURCES = ("items", "heldout")
@@ -139,23 +139,27 @@ def _check(name, value, ok, expected):
 
 def run_study(study: StudyConfig, out, *, command: str = "", progress: bool = True, report: bool = True) -> Path:
     """Train, probe and disrupt every scheme into `out`, then write the report (unless `report` is False);
-    returns index.html's path."""
+    returns index.html's path. Holds the writer lock of `out` throughout, and of each scheme's run
+    directory while it works there (train.checkpoint.RunDirBusy at once if another process holds one:
+    a second study, or a `python -m train` on a scheme's directory)."""
     from probes.report import write_report
+    from train.checkpoint import hold
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_settings(study, out, command)
-    batch = probe_batch(study, out)
-    runs = disruption_runs(study, out)
-    for i, scheme in enumerate(study.schemes, 1):
-        print(f"[{i}/{len(study.schemes)}] {scheme}: {out / scheme}", flush=True)
-        cfg = study.scheme_config(scheme)
-        t0 = time.perf_counter()
-        train_scheme(study, cfg, out / scheme, batch, runs, command=command)
-        t1 = time.perf_counter()
-        final_disruption(out / scheme, runs, command=command, progress=progress)
-        _add_timing(out / scheme, train_s=t1 - t0, final_s=time.perf_counter() - t1)
-    return write_report(out) if report else out / "index.html"
+    with hold(out):
+        _write_settings(study, out, command)
+        batch = probe_batch(study, out)
+        runs = disruption_runs(study, out)
+        for i, scheme in enumerate(study.schemes, 1):
+            print(f"[{i}/{len(study.schemes)}] {scheme}: {out / scheme}", flush=True)
+            cfg = study.scheme_config(scheme)
+            with hold(out / scheme):  # train.loop.run takes it again inside: re-entrant
+                t0 = time.perf_counter()
+                train_scheme(study, cfg, out / scheme, batch, runs, command=command)
+                t1 = time.perf_counter()
+                final_disruption(out / scheme, runs, command=command, progress=progress)
+                _add_timing(out / scheme, train_s=t1 - t0, final_s=time.perf_counter() - t1)
+        return write_report(out) if report else out / "index.html"
 
 
 def _write_settings(study: StudyConfig, out: Path, command: str) -> None:
@@ -172,7 +176,7 @@ def _write_settings(study: StudyConfig, out: Path, command: str) -> None:
         if diff:
             raise ConfigError(f"{out} holds a study with other settings; differing keys: {'; '.join(diff)}. "
                               f"Use another --out")
-    elif any(out.iterdir()):
+    elif any(p.name != LOCK for p in out.iterdir()):
         raise ConfigError(f"{out} is not empty and has no study.json, so it is not a study directory; "
                           f"use another --out")
     extra = {"command": command, "unigram_entropy": _entropy(study)}

@@ -2,8 +2,8 @@
 `python -m train prepare --out DATA_DIR FILE ...` writes token shards; `python -m train items --config
 configs/NAME.py --out ITEMS.jsonl` writes held-out synthetic items for `python -m probes disrupt --task jsonl`;
 `python -m train keys [--config configs/NAME.py] [key=value ...]` lists every config key with its value.
-Bad input (config, overrides, paths, data, a run directory of another config) exits with code 2; a
-non-finite loss or unusable checkpoints with 1."""
+Bad input (config, overrides, paths, data, a run directory of another config or one another process
+is writing into) exits with code 2; a non-finite loss or unusable checkpoints with 1."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +21,8 @@ EPILOG = """subcommands:
             `python -m train keys` for the defaults, `python -m train keys --config FILE [key=value ...]`
             for a config with its overrides
 
-exit codes: 2 for bad input (config, overrides, paths, data, a run directory of another config),
-1 for a non-finite loss or unusable checkpoints"""
+exit codes: 2 for bad input (config, overrides, paths, data, a run directory of another config or in
+use by another process), 1 for a non-finite loss or unusable checkpoints"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                         "several GPU hosts; the usual JAX coordinator environment variables apply)")
     args = p.parse_args(argv)
     if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+        _distributed(p)
     from minimal_lm.safetensors_io import CheckpointError
+    from train.checkpoint import RunDirBusy
     from train.config import load_config
     from train.data import DataError
     from train.loop import NonFiniteLoss, run
@@ -56,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = run(cfg, args.out)
+    except RunDirBusy as e:
+        p.exit(2, f"python -m train: {e}\n")
     except ConfigError as e:
         p.exit(2, f"python -m train: config error: {e}\n")
     except (DataError, FileNotFoundError) as e:
@@ -65,6 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run {args.out}: step {result['step']}, eval loss {result.get('eval_loss', float('nan')):.4f}; "
           f"metrics in {args.out}/metrics.jsonl")
     return 0
+
+
+def _distributed(p: argparse.ArgumentParser) -> None:
+    """jax.distributed.initialize(), given JAX_NUM_PROCESSES and JAX_PROCESS_ID where set (JAX itself reads
+    only JAX_COORDINATOR_ADDRESS; on a TPU slice or a SLURM, Open MPI or Kubernetes cluster it finds all three)."""
+    import os
+
+    import jax
+
+    kw = {}
+    for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if os.environ.get(name):
+            try:
+                kw[key] = int(os.environ[name])
+            except ValueError:
+                p.exit(2, f"python -m train: {name}={os.environ[name]!r}: expected an integer\n")
+    try:
+        jax.distributed.initialize(**kw)
+    except (ValueError, TypeError) as e:
+        p.exit(2, f"python -m train: --distributed: {e} (set JAX_COORDINATOR_ADDRESS=HOST:PORT, "
+                  f"JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under a cluster JAX detects)\n")
 
 
 def _prepare(argv: list[str]) -> int:

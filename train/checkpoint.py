@@ -1,17 +1,25 @@
-"""Run directories and their orbax checkpoints, the training side: one writer per directory (a run of
-another config is refused), the CheckpointManager, params, optimizer state, step, data position and
-checksums saved together at each checkpoint step, resume from the newest checkpoint that restores and
-verifies (damaged newer ones set aside), and the run's JSON-lines logs. Reading a run for inference
-(`from_pretrained`) is minimal_lm.run_dir's, which defines the item names and checksums used here."""
+"""Run directories and their orbax checkpoints, the training side: one writer per directory (`hold`: a
+lock a second run or study is refused by at once, naming the holder; a run of another config is refused
+too), the bookkeeping only process 0 of a multi-process run does, the CheckpointManager, params,
+optimizer state, step, data position and checksums saved together at each checkpoint step, resume from
+the newest checkpoint that restores and verifies (damaged newer ones set aside), and the run's JSON-lines
+logs. Reading a run for inference (`from_pretrained`) is minimal_lm.run_dir's, which defines the item
+names and checksums used here."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
+import sys
+import time
 import warnings
 from pathlib import Path
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from minimal_lm.config import ConfigError
@@ -41,8 +49,164 @@ class RunDirConflict(ConfigError):
     """The run directory holds a run of another config."""
 
 
+class RunDirBusy(RunDirConflict):
+    """Another process (a run or a study) is writing into the directory."""
+
+
 class CheckpointWarning(UserWarning):
     """A damaged checkpoint was set aside and an earlier one used."""
+
+
+# ---- one writer per directory ---------------------------------------------------------------------------
+
+LOCK = ".lock"
+"""The lock file of a run or study directory: locked (fcntl.flock) while a process writes there, so the
+kernel releases it when that process dies, even by kill -9; it holds the holder's pid, host and start
+time for the refusal message, and is removed on a clean exit (a stale one left by a kill blocks nothing)."""
+_held: dict[str, list] = {}  # resolved directory -> [open lock file, depth]: re-entrant in one process
+
+
+@contextlib.contextmanager
+def hold(path):
+    """Hold `path`'s writer lock for the block (the directory is created); RunDirBusy at once, naming
+    the holder's pid and host, if another process holds it. Re-entrant within a process (the study holds
+    each scheme's directory around the training run, which takes it again). In a multi-process run only
+    process 0 takes it, and every process raises if process 0 could not."""
+    path = Path(path)
+    key = os.path.realpath(path)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    f = on_process_0(_acquire, path)
+    _held[key] = [f, 1]
+    try:
+        yield
+    finally:
+        del _held[key]
+        if f is not None:
+            _release(path / LOCK, f)
+
+
+def _acquire(path: Path):
+    if path.exists() and not path.is_dir():
+        raise RunDirConflict(f"--out {path}: is a file, expected a run directory")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    while True:
+        f = open(lock, "a+", encoding="utf-8")
+        try:
+            if not _try_lock(f):
+                f.seek(0)
+                raise RunDirBusy(f"{path} is in use by {_holder(f.read())}: one writer per directory. Wait for "
+                                 f"it to finish or stop it, or use another --out")
+            if sys.platform == "win32" or os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino:
+                break  # else the holder removed this file as we opened it: lock the new one
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                        "command": " ".join(sys.argv)}) + "\n")
+    f.flush()
+    return f
+
+
+def _release(lock: Path, f) -> None:
+    try:
+        lock.unlink()  # while still locked: a process that opened it meanwhile sees a new file and retries
+    except OSError:
+        pass  # on Windows an open file cannot be removed; the next holder rewrites it
+    f.close()
+
+
+def _try_lock(f) -> bool:
+    """Lock `f` without waiting: fcntl.flock, else msvcrt's byte lock (also released when the holder dies,
+    taken past the end so the holder's details stay readable), else no lock (with a warning)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+    try:
+        import msvcrt
+    except ImportError:
+        warnings.warn("no file locking on this platform (neither fcntl nor msvcrt): two processes may write "
+                      "into one run directory", RuntimeWarning, stacklevel=3)
+        return True
+    f.seek(1 << 30)
+    try:
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return (f"pid {info['pid']} on host {info['host']} (since {info.get('started_utc', '?')} UTC: "
+                f"{info.get('command', '')})")
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "another process (which has not written its pid and host yet)"
+
+
+# ---- many processes: process 0 keeps the books ------------------------------------------------------------
+
+_PASSED = (RunDirBusy, RunDirConflict, ConfigError, CheckpointError)
+"""Errors that process 0 passes on to the other processes of a multi-process run (others: RuntimeError)."""
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run directory's own files (metrics, config, logs): process 0."""
+    return jax.process_index() == 0
+
+
+def on_process_0(fn, *args):
+    """fn(*args) on process 0 only, for run-directory bookkeeping (one process, one run: just the call).
+    With several processes, the others wait for it and raise what it raised (its type among _PASSED and
+    its message), so that none of them waits forever for a process that stopped; they return None."""
+    if jax.process_count() == 1:
+        return fn(*args)
+    from jax.experimental import multihost_utils
+
+    result, error, code, message = None, None, 0, np.zeros(2048, np.uint8)
+    if is_writer():
+        try:
+            result = fn(*args)
+        except Exception as e:
+            error = e
+            code = 1 + next((i for i, t in enumerate(_PASSED) if type(e) is t), len(_PASSED))
+            text = f"process 0: {e}".encode()[:2048]
+            message[:len(text)] = np.frombuffer(text, np.uint8)
+    code, message = multihost_utils.broadcast_one_to_all((np.int32(code), message))
+    if error is not None:
+        raise error
+    if int(code):
+        kind = (*_PASSED, RuntimeError)[int(code) - 1]
+        raise kind(bytes(np.asarray(message, np.uint8)).rstrip(b"\0").decode(errors="replace"))
+    return result
+
+
+def sync(name: str) -> None:
+    """Wait for every process (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def open_run_dir(out: Path, cfg: RunConfig) -> None:
@@ -68,12 +232,12 @@ def open_run_dir(out: Path, cfg: RunConfig) -> None:
                 else:
                     (out / name).unlink(missing_ok=True)
         else:
-            diff = config_diff(old, cfg.to_dict())
+            diff = config_diff(old, cfg.to_dict(), defaults=RunConfig().to_dict())
             if diff:
                 raise RunDirConflict(f"{out} holds a run with another config; differing keys: {'; '.join(diff)}. "
                                      f"Use another --out, or pass train.overwrite=true to delete that run's "
                                      f"checkpoints, metrics and probe records and start over")
-    elif any(out.iterdir()) and not cfg.train.overwrite:
+    elif any(p.name != LOCK for p in out.iterdir()) and not cfg.train.overwrite:
         raise RunDirConflict(f"{out} is not empty and has no config.json, so it is not a run directory; "
                              f"use another --out or pass train.overwrite=true")
     write_atomic(cfg_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -146,7 +310,7 @@ def resume(out: Path, like: TrainState) -> tuple[int, TrainState]:
             failed.append((step, e))
             continue
         for bad, e in failed:
-            moved = _set_aside(out, bad)
+            moved = _set_aside(out, bad) if is_writer() else out / CORRUPT / str(bad)
             warnings.warn(f"checkpoint {out / CHECKPOINTS / str(bad)} is damaged ({e}); moved it to {moved} "
                           f"and resumed from step {step}", CheckpointWarning, stacklevel=2)
         return step, state

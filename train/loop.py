@@ -31,16 +31,28 @@ class NonFiniteLoss(RuntimeError):
 
 
 def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
-    """Train `cfg` into run directory `out` (resuming from its latest checkpoint); returns the last
-    metrics line that has an eval_loss, plus "run_dir" and "step"."""
+    """Train `cfg` into run directory `out` (resuming from its latest checkpoint), holding its writer
+    lock (checkpoint.RunDirBusy if another process holds it); returns the last metrics line that has an
+    eval_loss, plus "run_dir" and "step". With several processes (jax.distributed) every process calls
+    this with the same arguments; process 0 alone writes config, tokenizer, metrics and the lock."""
     out, tc = Path(out), cfg.train
     source = make_source(cfg.data)
     if source.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary "
                           f"({source.vocab_size} tokens); raise model.vocab_size")
     source.check(tc.seq_len + 1, cfg.model.vocab_size)
+    with checkpoint.hold(out):
+        return _run(cfg, out, source, hooks)
+
+
+def _open(out: Path, cfg: RunConfig, source) -> None:
     checkpoint.open_run_dir(out, cfg)
     source.save_tokenizer(out)
+
+
+def _run(cfg: RunConfig, out: Path, source, hooks: tuple[Hook, ...]) -> dict:
+    tc, writer = cfg.train, checkpoint.is_writer()
+    checkpoint.on_process_0(_open, out, cfg, source)
     if not checkpoint.steps_in(out) and read_metrics(out):
         raise CheckpointError(f"{out}: metrics.jsonl reaches step {read_metrics(out)[-1].get('step')} but no "
                               f"checkpoint is left in {out / 'checkpoints'}; not starting over silently: pass "
@@ -50,14 +62,16 @@ def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
     if not start:
         checkpoint.save(mngr, 0, state)
         mngr.wait_until_finished()  # no metrics line before a checkpoint exists
-    checkpoint.truncate_log(out / "metrics.jsonl", start)  # a killed run may have logged further
+    # a killed run may have logged further
+    checkpoint.on_process_0(checkpoint.truncate_log, out / "metrics.jsonl", start)
     stop = min(tc.stop_after or tc.steps, tc.steps)
     train_step, eval_loss = steps(cfg.model, tc)
     if tc.skip_nonfinite:
         train_step = _skipping(train_step, batch_sharding(mesh_for(tc)))
     eval_batches = [source.eval_batch(i, tc.batch_size, tc.seq_len) for i in range(tc.eval_batches)]
-    log = _Log(out / "metrics.jsonl", tc.batch_size * tc.seq_len, tc.log_every, tc.skip_nonfinite)
-    bar = tqdm(total=stop, initial=start, unit="step", desc=out.name, disable=not tc.progress or start >= stop)
+    log = _Log(out / "metrics.jsonl", tc.batch_size * tc.seq_len, tc.log_every, tc.skip_nonfinite, write=writer)
+    bar = tqdm(total=stop, initial=start, unit="step", desc=out.name,
+               disable=not tc.progress or start >= stop or not writer)
     pending = None
     try:
         for step in range(start, stop):
@@ -86,6 +100,7 @@ def run(cfg: RunConfig, out: str | Path, hooks: tuple[Hook, ...] = ()) -> dict:
         bar.close()
         mngr.wait_until_finished()
         mngr.close()
+    checkpoint.sync("train.loop.run: metrics written")  # the others read process 0's metrics.jsonl
     return summary(out)
 
 
@@ -107,11 +122,12 @@ def _skipping(train_step, batch_sh):
 
 
 class _Log:
-    """Fetches each step's metrics one step late and appends lines to metrics.jsonl; a non-finite step
+    """Fetches each step's metrics one step late and appends lines to metrics.jsonl (if `write`); a non-finite step
     raises NonFiniteLoss, unless it was skipped and fewer than `skip + 1` came in a row."""
 
-    def __init__(self, path: Path, tokens_per_step: int, every: int, skip: int = 0):
+    def __init__(self, path: Path, tokens_per_step: int, every: int, skip: int = 0, write: bool = True):
         self.path, self.tokens_per_step, self.every, self.skip = path, tokens_per_step, every, skip
+        self.write = write  # False on processes other than 0 of a multi-process run: they check, not log
         self.losses: list[float] = []
         self.skipped, self.in_a_row, self.checked = 0, 0, None
         self.last_time, self.last_step = time.perf_counter(), None
@@ -148,7 +164,8 @@ class _Log:
                 "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                 "tokens_per_s": n * self.tokens_per_step / (now - self.last_time),
                 **({"skipped": self.skipped} if self.skipped else {}), **(extra or {})}
-        checkpoint.append_log(self.path, line)
+        if self.write:
+            checkpoint.append_log(self.path, line)
         self.losses, self.skipped, self.last_time, self.last_step = [], 0, now, step
 
 
