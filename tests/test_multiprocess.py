@@ -51,7 +51,7 @@ def finish(*procs, timeout=300, code=0):
     return outs
 
 
-@pytest.mark.slow  # 75-115 s here on 2 shared cores (about 80 CPU-s: 4 processes' imports and compiles)
+# 75-115 s here on 2 shared cores (about 80 CPU-s: 4 processes' imports and compiles): inside the CI budget
 def test_two_processes_train_like_one_and_resume_in_one(tmp_path):
     port = free_port()
     outs = finish(*(train_process(tmp_path / "multi", i, port) for i in (0, 1)))
