@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from minimal_lm.config import ModelConfig
+from minimal_lm.config import ConfigError, ModelConfig
 from minimal_lm.positions import scheme
 
 SITES = ("q_proj", "k_proj", "q_pre", "k_pre", "q", "k", "v", "attn_scores", "attn_probs", "attn_out",
@@ -185,6 +185,9 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
     or a plain function wrapped as minimal_lm.hooks.Fn), not as static arguments; see minimal_lm.hooks.
     """
     B, T = tokens_BT.shape
+    if cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ConfigError(f"model.attention_impl='cudnn' needs a GPU (this backend: {jax.default_backend()}); "
+                          f"use None (the backend's best) or 'xla'")
     dtype = jnp.dtype(cfg.dtype)
     params = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
     if positions_BT is None:
