@@ -8,19 +8,22 @@ continues the series without duplicates.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from minimal_lm import ModelConfig
+from minimal_lm import ModelConfig, forward
 from minimal_lm.files import atomic_file
-from probes.massive import frequency_map, probe_sites, sum_squares, summarize
-from probes.sinks import EPS, first_token_sums, sink_summary
+from probes.massive import column_sum_squares, frequency_map, probe_sites, summarize
+from probes.sinks import EPS, FirstTokenMass, sink_summary
 
 _NAME = re.compile(r"^step_(\d{8,})\.npz$")
 
@@ -88,9 +91,38 @@ def drop_after(run_dir, step: int) -> list[int]:
     return sorted(dropped)
 
 
+@struct.dataclass
+class _ProbeCapture:
+    """Column sums of squares at `norm_sites` and the first-token attention mass, in one forward."""
+
+    norm_sites: tuple[str, ...] = struct.field(pytree_node=False)
+    mass: FirstTokenMass = FirstTokenMass()
+    mask_BT: Any = struct.field(default=None, repr=False)
+
+    @property
+    def sites(self):
+        return (*self.norm_sites, "attn_probs")
+
+    def bind(self, mask_BT) -> "_ProbeCapture":
+        return self.replace(mask_BT=mask_BT, mass=self.mass.bind(mask_BT))
+
+    def __call__(self, site, layer, x):
+        if site == "attn_probs":
+            return self.mass(site, layer, x)
+        return column_sum_squares(x, self.mask_BT, per_example=False) if site in self.norm_sites else None
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sites"))
+def probe_stats(params, tokens_BT, mask_BT, cfg: ModelConfig, sites: tuple[str, ...]):
+    """({site: float32 [L, heads, head_dim] sums of squares}, float32 [L, H] first-token attention sums) of
+    one forward with explicit attention (the probabilities are needed; the norms come along)."""
+    captured = forward(params, tokens_BT, cfg, mask_BT=mask_BT, capture=_ProbeCapture(sites), last_only=True).captured
+    return {s: captured[s] for s in sites}, captured["attn_probs"]
+
+
 class TrainingProbe:
-    """Norm matrices and first-token attention mass of a fixed probe batch (two jitted forwards: the fused
-    attention for the norms, the explicit one for the attention probabilities), saved as a record."""
+    """Norm matrices and first-token attention mass of a fixed probe batch (one jitted forward,
+    probe_stats), saved as a record."""
 
     def __init__(self, cfg: ModelConfig, tokens_BT, mask_BT=None, sites=None, lam: float = 5.0, k: int = 1,
                  eps: float = EPS):
@@ -101,10 +133,9 @@ class TrainingProbe:
         self.freq = frequency_map(cfg)
 
     def measure(self, params, step: int, tokens_seen: int) -> Record:
-        sq = sum_squares(params, self.tokens_BT, self.mask_BT, self.cfg, self.sites)
+        sq, sums_LH = probe_stats(params, self.tokens_BT, self.mask_BT, self.cfg, self.sites)
         norms = {s: np.sqrt(np.asarray(sq[s], np.float64)).astype(np.float32) for s in self.sites}
-        sums_LH, n = first_token_sums(params, self.tokens_BT, self.mask_BT, self.cfg)
-        alpha_LH = np.asarray(sums_LH, np.float64) / int(n)
+        alpha_LH = np.asarray(sums_LH, np.float64) / int(self.mask_BT.sum())
         return make_record(step, tokens_seen, norms, self.freq, self.lam, self.k, alpha_LH, self.eps)
 
     def __call__(self, run_dir, params, step: int, tokens_seen: int) -> Record:

@@ -8,6 +8,7 @@ import pytest
 from minimal_lm import ModelConfig, init_params
 from probes.massive import norm_matrices
 from probes.records import Record, TrainingProbe, drop_after, read_records, write_record
+from probes.sinks import first_token_mass
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=32)
 
@@ -27,6 +28,21 @@ def test_record_equals_norm_matrices_and_round_trips(tmp_path, probe):
     [back] = read_records(tmp_path)
     assert back.step == 10 and back.tokens_seen == 320 and back.summary == rec.summary
     assert back.norms["k_pre"].shape == (2, 2, 8)
+
+
+def test_one_forward_gives_the_norms_and_sinks_of_the_separate_measures():
+    """TrainingProbe's single explicit-attention pass == the fused-attention norms and the sink measure,
+    on a left-padded batch."""
+    tokens = np.asarray(jax.random.randint(jax.random.key(3), (3, 16), 0, 64))
+    mask = np.arange(16)[None] >= np.array([[0], [5], [11]])
+    params = init_params(CFG, jax.random.key(4))
+    rec = TrainingProbe(CFG, tokens, mask, sites=("q", "k", "v")).measure(params, 0, 0)
+    ref, _ = norm_matrices(params, CFG, [(tokens, mask)], sites=("q", "k", "v"), progress=False)
+    for site in ref:
+        np.testing.assert_allclose(rec.norms[site], ref[site], rtol=2e-5)
+    alpha, n = first_token_mass(params, CFG, [(tokens, mask)], progress=False)
+    assert n == mask.sum()
+    np.testing.assert_allclose(rec.sinks["first_token_mass"], alpha, rtol=1e-5, atol=2e-6)  # stored to 6 places
 
 
 def test_rewriting_a_step_replaces_it_and_drop_after_trims_the_series(tmp_path, probe):
