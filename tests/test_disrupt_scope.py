@@ -20,26 +20,31 @@ CFG = ModelConfig(vocab_size=96, d_model=48, num_layers=2, num_heads=4, num_kv_h
 N_NEW = 10
 
 
+REPLACE = ("mean", "zero", "max", "min")
+
+
 @struct.dataclass
 class PrefixReference:
     """Top-k dims and replacement per position from cumulative statistics (an implementation apart from
-    ColumnStats); positions before `prompt_len` use the prompt's, or are left alone when not `prefill`."""
+    ColumnStats); positions before `prompt_len` use the prompt's, or are left alone when not `prefill`.
+    Every field is traced, so one compiled reference serves every case."""
 
-    prompt_len: int = struct.field(pytree_node=False)
-    prefill: bool = struct.field(pytree_node=False)
-    select: str = struct.field(pytree_node=False)
-    replace: str = struct.field(pytree_node=False)
-    sites: tuple = struct.field(pytree_node=False, default=("q", "k"))
+    prompt_len: Any
+    prefill: Any
+    massive: Any  # select "massive" (True) or "non_massive"
+    how: Any  # the replacement: an index into REPLACE
     mask_BT: Any = None
 
-    def bind(self, mask_BT):
-        return self.replace_mask(mask_BT)
+    @classmethod
+    def of(cls, prompt_len, prefill, select, replace):
+        return cls(jnp.int32(prompt_len), jnp.bool_(prefill), jnp.bool_(select == "massive"),
+                   jnp.int32(REPLACE.index(replace)))
 
-    def replace_mask(self, mask_BT):
-        return PrefixReference(self.prompt_len, self.prefill, self.select, self.replace, self.sites, mask_BT)
+    def bind(self, mask_BT):
+        return self.replace(mask_BT=mask_BT)
 
     def __call__(self, site, layer, x_BTHE):
-        if site not in self.sites:
+        if site not in ("q", "k"):
             return x_BTHE
         T = x_BTHE.shape[1]
         m_BT = self.mask_BT.astype(bool)
@@ -52,12 +57,10 @@ class PrefixReference:
         hi = jax.lax.cummax(jnp.where(w_BT11, x, -jnp.inf), axis=1)[:, upto_T]
         lo = jax.lax.cummin(jnp.where(w_BT11, x, jnp.inf), axis=1)[:, upto_T]
         norm = jnp.sqrt(sq)
-        order = jnp.argsort(-norm if self.select == "massive" else norm, axis=-1, stable=True)
+        order = jnp.argsort(jnp.where(self.massive, -norm, norm), axis=-1, stable=True)
         chosen = jax.nn.one_hot(order[..., 0], x.shape[-1], dtype=bool)
-        value = {"mean": total / jnp.maximum(n, 1), "zero": jnp.zeros_like(x), "max": hi, "min": lo}[self.replace]
-        edit = chosen & w_BT11
-        if not self.prefill:
-            edit = edit & (jnp.arange(T) >= self.prompt_len)[None, :, None, None]
+        value = jnp.stack([total / jnp.maximum(n, 1), jnp.zeros_like(x), hi, lo])[self.how]
+        edit = chosen & w_BT11 & (self.prefill | (jnp.arange(T) >= self.prompt_len))[None, :, None, None]
         return jnp.where(edit, value, x).astype(x_BTHE.dtype)
 
 
@@ -69,17 +72,19 @@ def setup():
     return params, prompts
 
 
+_forward = jax.jit(forward, static_argnames="cfg")
+
+
 def reference_logits(params, prompts, gen, hook):
     tokens_BP, mask_BP = left_pad(prompts)
     tokens = np.concatenate([tokens_BP, np.asarray(gen, np.int32)], axis=1)
     mask = np.concatenate([mask_BP, np.ones((len(prompts), len(gen[0])), bool)], axis=1)
-    out = jax.jit(forward, static_argnames="cfg")(params, jnp.asarray(tokens), CFG, mask_BT=jnp.asarray(mask),
-                                                   intervention=hook)
+    out = _forward(params, jnp.asarray(tokens), CFG, mask_BT=jnp.asarray(mask), intervention=hook)
     P = tokens_BP.shape[1]
     return np.asarray(out.logits[:, P - 1:-1]), P
 
 
-@pytest.mark.parametrize("replace", ["mean", "zero", "max", "min"])
+@pytest.mark.parametrize("replace", REPLACE)
 @pytest.mark.parametrize("scope", ["all", "decode"])
 def test_cached_generation_equals_the_full_forward_with_prefix_statistics(setup, replace, scope):
     params, prompts = setup
@@ -87,7 +92,7 @@ def test_cached_generation_equals_the_full_forward_with_prefix_statistics(setup,
         hook = Disruption(select, 1, replace=replace, scope=scope)
         gen = generate(params, CFG, prompts, N_NEW, intervention=hook, intervene_on=scope)
         P = left_pad(prompts)[0].shape[1]
-        ref = PrefixReference(P, scope == "all", select, replace)
+        ref = PrefixReference.of(P, scope == "all", select, replace)
         logits, _ = reference_logits(params, prompts, gen, ref)
         assert (logits.argmax(-1) == np.asarray(gen)).all(), (select, replace, scope)
 
@@ -100,7 +105,7 @@ def test_all_edits_generated_tokens_unlike_prefill(setup, replace):
     gen = generate(params, CFG, prompts, N_NEW, intervention=Disruption("massive", 1, replace=replace,
                                                                         scope="all"), intervene_on="all")
     P = left_pad(prompts)[0].shape[1]
-    all_logits, _ = reference_logits(params, prompts, gen, PrefixReference(P, True, "massive", replace))
+    all_logits, _ = reference_logits(params, prompts, gen, PrefixReference.of(P, True, "massive", replace))
     prefill_only = Disruption("massive", 1, replace=replace, scope="prefill")
 
     @struct.dataclass
