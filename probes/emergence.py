@@ -15,10 +15,19 @@ from matplotlib.ticker import MaxNLocator
 
 from minimal_lm.files import read_log
 from probes.figures import mark_classes, save, subplots
+from probes.records import Record
 
 DISRUPTION_LOG = "disruption.jsonl"
+CLASS_LOG = "token_classes.jsonl"
+CLASS_NAMES = ("contextual", "parametric", "other", "all")
 LABELS = {"rope": "RoPE", "none": "NoPE", "alibi": "ALiBi", "learned": "learned"}
 _SITE_TITLES = {"q": "Q", "k": "K", "v": "V", "q_pre": "Q before RoPE", "k_pre": "K before RoPE"}
+
+
+def run_name(scheme: str, seed: int, seeds) -> str:
+    """A run directory's name in a study (probes.study): the scheme for the first seed of `seeds` (as in studies
+    before seeds), else <scheme>_seed<seed>."""
+    return scheme if seed == seeds[0] else f"{scheme}_seed{seed}"
 
 
 def label(scheme: str) -> str:
@@ -37,6 +46,12 @@ def sites_for(rotated: bool) -> tuple[str, ...]:
 def read_disruption_log(run_dir) -> list[dict]:
     """Lines of run_dir/disruption.jsonl, one per step (the last written wins), by step."""
     return sorted({x["step"]: x for x in read_log(Path(run_dir) / DISRUPTION_LOG)}.values(), key=lambda x: x["step"])
+
+
+def read_class_log(run_dir) -> list[dict]:
+    """Lines of run_dir/token_classes.jsonl (probes.study): {"step", "tokens_seen", "classes": {mode: {class:
+    {"loss", "acc", "n"}}}}, one per step (the last written wins), by step."""
+    return sorted({x["step"]: x for x in read_log(Path(run_dir) / CLASS_LOG)}.values(), key=lambda x: x["step"])
 
 
 def accuracy_by_kind(result: dict) -> dict:
@@ -214,14 +229,39 @@ def emergence_figure(records, path, *, lam: float, chance: float, rotated: bool,
     return save(fig, path, dpi=100)
 
 
-def comparison_figure(records_by_scheme: dict, path, *, lam: float):
+def seed_curves(runs: list, site: str, key: str = "max_ratio") -> tuple[np.ndarray, np.ndarray]:
+    """(steps [N], values [seeds, N]) of the largest `key` over layers of one site, for the record series of
+    several seeds, on the steps that every seed has recorded."""
+    runs = [rs for rs in runs if rs]
+    if not runs:
+        return np.zeros(0, np.int64), np.zeros((0, 0))
+    common = sorted(set.intersection(*({r.step for r in rs} for rs in runs)))
+    rows = []
+    for rs in runs:
+        keep = [r for r in rs if r.step in set(common)]
+        rows.append(np.nanmax(series(keep, site, key)[1], 1) if keep else np.zeros(0))
+    return np.array(common, np.int64), np.array(rows, np.float64).reshape(len(runs), len(common))
+
+
+def comparison_figure(records_by_scheme: dict, path, *, lam: float, sites=("q", "k", "v")):
     """Across schemes: the largest max ratio over layers of Q and K (after rotation) and of V, against
-    step; hollow markers at step 0 are the random-init baseline."""
-    sites = ("q", "k", "v")
+    step; hollow markers at step 0 are the random-init baseline. A scheme's value is its records, or a list of
+    record series (one per seed): then each seed is a thin line, the mean a thick one over a min-max band."""
     fig, axes = subplots(1, len(sites), figsize=(3.3 * len(sites), 3.2), squeeze=False, sharey=True)
     for ax, site in zip(axes[0], sites):
         for (scheme, records), color in zip(records_by_scheme.items(), matplotlib.colormaps["tab10"].colors):
             if not records:
+                continue
+            if isinstance(records[0], (list, tuple)) and not isinstance(records[0], Record):
+                if not any(records):
+                    continue
+                steps, v_SN = seed_curves(records, site)
+                for row in v_SN:
+                    ax.plot(steps, row, "-", lw=0.6, alpha=0.5, color=color)
+                ax.fill_between(steps, v_SN.min(0), v_SN.max(0), color=color, alpha=0.15, lw=0)
+                ax.plot(steps, v_SN.mean(0), "-", lw=1.6, color=color, label=f"{label(scheme)} ({len(v_SN)} seeds)")
+                if len(steps) and steps[0] == 0:
+                    ax.plot([0], [v_SN[:, 0].mean()], "o", mfc="none", color=color, ms=7)
                 continue
             steps, v_NL = series(records, site, "max_ratio")
             ax.plot(steps, np.nanmax(v_NL, 1), "-", marker=".", ms=3, color=color, label=label(scheme))
@@ -281,6 +321,47 @@ def disruption_figure(logs: dict, path):
     axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save(fig, path, dpi=100)
+
+
+def class_figure(logs_by_scheme: dict, path, *, classes=("contextual", "parametric")):
+    """Loss (top row) and top-1 accuracy (bottom row) of held-out tokens per class (columns) against step, one
+    colour per scheme, one line style per mode (solid: none, dashed: massive, dotted: non-massive);
+    `logs_by_scheme` maps a scheme to its token-class logs (read_class_log), one per seed: the mean over seeds,
+    with a min-max band when there are several."""
+    styles = {"none": "-", "massive": "--", "non_massive": ":"}
+    fig, axes = subplots(2, len(classes), figsize=(3.6 * len(classes), 5.2), squeeze=False, sharex=True)
+    for (scheme, logs), color in zip(logs_by_scheme.items(), matplotlib.colormaps["tab10"].colors):
+        logs = [lg for lg in logs if lg]
+        if not logs:
+            continue
+        steps = sorted(set.intersection(*({x["step"] for x in lg} for lg in logs)))
+        modes = list(dict.fromkeys(m for lg in logs for x in lg for m in x["classes"]))
+        for col, cls in enumerate(classes):
+            for row, key in enumerate(("loss", "acc")):
+                ax = axes[row, col]
+                for mode in modes:
+                    v_SN = np.array([[_num_or_nan(x["classes"].get(mode, {}).get(cls, {}).get(key))
+                                      for x in lg if x["step"] in steps] for lg in logs], np.float64)
+                    if not v_SN.size or np.isnan(v_SN).all():
+                        continue
+                    if len(logs) > 1:
+                        ax.fill_between(steps, np.nanmin(v_SN, 0), np.nanmax(v_SN, 0), color=color, alpha=0.12, lw=0)
+                    ax.plot(steps, np.nanmean(v_SN, 0), styles.get(mode, "-."), marker=".", ms=3, color=color,
+                            label=f"{label(scheme)} {mode}")
+                if row == 0:
+                    ax.set_title(f"{cls} tokens", fontsize=9)
+                else:
+                    ax.set_xlabel("step")
+                    ax.set_ylim(-0.02, 1.02)
+    axes[0, 0].set_ylabel("loss (nats/token)")
+    axes[1, 0].set_ylabel("top-1 accuracy")
+    axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return save(fig, path, dpi=100)
+
+
+def _num_or_nan(x):
+    return np.nan if x is None else float(x)
 
 
 def sinks_figure(records_by_scheme: dict, path, *, lam: float):

@@ -12,7 +12,8 @@ import numpy as np
 from minimal_lm import ModelConfig
 from minimal_lm.files import read_log
 from probes import emergence as em
-from probes import figures
+from probes import figures, statements
+from probes.emergence import run_name
 from probes.html import Figure, Section, Table, write_index
 from probes.massive import frequency_map
 from probes.records import read_records
@@ -21,7 +22,8 @@ DEFAULTS = {"lam": 5.0, "top_k": 1, "heatmap_steps": [], "heatmap_layers": []}
 CANNOT = ("What it cannot show: the paper's claims are about models trained on billions to trillions of tokens. "
           "In models of a few million parameters Q/K concentration grows over tens of millions of tokens, so a "
           "study that trains for minutes shows at best the start of a trend, and a difference between schemes of "
-          "this size may be noise of one seed. After RoPE, the low-frequency share is high already at step 0 (a "
+          "this size may be seed noise: read it against the seed spread (study.seeds). After RoPE, the low-frequency "
+          "share is high already at step 0 (a "
           "fast-rotating pair spreads its mass over both of its dims, a slow pair keeps it where it was): read it "
           "against the step-0 value and against Q/K before RoPE, never on its own. For a longer run, raise "
           "train.steps (e.g. `study.probe_every=50 train.steps=2000`) or use configs/study_gpu.py.")
@@ -37,34 +39,46 @@ def write_report(path) -> Path:
         return checkpoints.write_report(path)
     if (path / "study.json").is_file():
         settings = _read_json(path / "study.json")
+        seeds = settings["study"].get("seeds") or [0]
         out, runs = path, {s: path / s for s in settings["study"]["schemes"]}
+        seed_runs = {s: [path / run_name(s, k, seeds) for k in seeds] for s in runs}
     elif (path / "config.json").is_file():
         parent = path.parent / "study.json"
         settings = {**_read_json(path / "config.json"),
                     "study": _read_json(parent)["study"] if parent.is_file() else {}}
         out, runs = path / "report", {path.name: path}
+        seed_runs = {path.name: [path]}
     else:
         raise FileNotFoundError(f"{path}: neither a study directory (study.json), a run directory (config.json) nor "
                                 f"a checkpoints directory ({checkpoints.SETTINGS})")
     st = {**DEFAULTS, **settings.get("study", {})}
     data = {name: _load(run_dir, st) for name, run_dir in runs.items()}
+    seed_data = {n: [data[n]] + [_load(d, st) for d in dirs[1:]] for n, dirs in seed_runs.items()}
     present = {n: d for n, d in data.items() if d}
     if not present:
         raise FileNotFoundError(f"{path}: no run with probe records or metrics among {', '.join(runs)}; "
                                 "train with `python -m probes study`")
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    sections = [Section("Summary", paragraphs=summary_paragraphs(data, settings, st))]
+    sections = [Section("Summary", paragraphs=summary_paragraphs(data, settings, st, seed_data))]
     loss = em.loss_figure({n: d["metrics"] for n, d in present.items()}, figs / "loss.png",
                           entropy=settings.get("unigram_entropy"))
     sections.append(Section("Loss", figures=[_fig(loss, out, "Train loss (lines) and eval loss (dots) per scheme; log "
                                                             "scale. Dashed: loss of the best context-free model.")]))
     with_records = {n: d["records"] for n, d in present.items() if d["records"]}
+    n_seeds = max(len(ds) for ds in seed_data.values())
     if len(with_records) > 1:
-        f = em.comparison_figure(with_records, figs / "emergence_schemes.png", lam=st["lam"])
+        by_seed = {n: [d["records"] for d in seed_data[n] if d and d["records"]] for n in with_records}
+        f = em.comparison_figure(by_seed if n_seeds > 1 else with_records, figs / "emergence_schemes.png",
+                                 lam=st["lam"], sites=("q", "k", "v", "q_pre", "k_pre"))
         sections.append(Section("Emergence across schemes", figures=[_fig(
-            f, out, "Largest max ratio over layers of Q and K (after rotation for RoPE) and V, per scheme; hollow "
-            "circles: step 0 (random init); dashed: λ.")]))
+            f, out, "Largest max ratio over layers of Q and K (after rotation for RoPE; the pre-rotation sites equal "
+            "them without rotation) and V, per scheme; hollow circles: step 0 (random init); dashed: λ."
+            + (" Thin lines: each seed; thick: their mean over a min-max band." if n_seeds > 1 else ""))]))
+    table = statements.sites_table(seed_data, st["lam"])
+    if table:
+        sections.append(Section("Per scheme and site", tables=[table]))
+    sections.append(classes_section(seed_data, out, figs))
     sections.append(sinks_section(with_records, st, out, figs))
     for name, d in present.items():
         sections.append(emergence_section(name, d, st, out, figs))
@@ -74,6 +88,22 @@ def write_report(path) -> Path:
         sections.append(Section("Command", code=settings["command"]))
     title = "Massive values over training: " + ", ".join(em.label(n) for n in runs)
     return write_index(out, title, sections, intro=_intro(data, settings))
+
+
+def classes_section(seed_data: dict, out, figs) -> Section:
+    """Contextual / parametric held-out tokens per disruption mode: the table at the last step, and a figure over
+    training (probes.statements, probes.emergence.class_figure)."""
+    title = "Contextual and parametric tokens under disruption"
+    logs = {n: [d["classes"] for d in ds if d and d.get("classes")] for n, ds in seed_data.items()}
+    logs = {n: lg for n, lg in logs.items() if lg}
+    if not logs:
+        return Section(title, paragraphs=[statements.classes_paragraph(seed_data)])
+    f = em.class_figure(logs, figs / "token_classes.png")
+    return Section(title, paragraphs=[statements.classes_paragraph(seed_data)],
+                   tables=[statements.classes_table(seed_data)],
+                   figures=[_fig(f, out, "Held-out loss and top-1 accuracy of contextual and parametric tokens against "
+                                         "step per scheme: intact (solid), massive (dashed) and non-massive (dotted) "
+                                         "Q/K dims disrupted; mean over seeds, band: min-max.")])
 
 
 def _read_json(path):
@@ -100,7 +130,8 @@ def _load(run_dir: Path, st: dict) -> dict | None:
             "freq": frequency_map(model), "summary": em.summarize(records, st["lam"]),
             "final": final, "final_dir": finals[-1].parent if finals else None,
             "final_acc": em.accuracy_by_kind(final) if final else None,
-            "log": em.read_disruption_log(run_dir), "timing": _read_json(timing) if timing.is_file() else {}}
+            "log": em.read_disruption_log(run_dir), "classes": em.read_class_log(run_dir),
+            "timing": _read_json(timing) if timing.is_file() else {}}
 
 
 def _fig(path, out, caption):
@@ -108,6 +139,16 @@ def _fig(path, out, caption):
 
 
 def _intro(data, settings):
+    lines = _intro_lines(data, settings)
+    seeds = settings.get("study", {}).get("seeds") or []
+    if len(seeds) > 1:
+        lines.append(f"Seeds: {', '.join(map(str, seeds))} (train.seed = data.seed = the seed; run directories "
+                     f"<scheme> for seed {seeds[0]}, <scheme>_seed<k> for the others). The per-scheme sections below "
+                     f"show seed {seeds[0]}; the summary, the comparison figure and the tables pool the seeds.")
+    return lines
+
+
+def _intro_lines(data, settings):
     some = next(d for d in data.values() if d)
     m, t = some["model"], some["config"]["train"]
     missing = [n for n, d in data.items() if not d]
@@ -277,8 +318,9 @@ def _cost_section(present):
 # ---- the auto-written summary ------------------------------------------------------------------------
 
 
-def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
+def summary_paragraphs(data: dict, settings: dict, st: dict, seed_data: dict | None = None) -> list[str]:
     present = {n: d for n, d in data.items() if d}
+    seed_data = seed_data or {n: [d] for n, d in data.items()}
     out = []
     losses = {n: next((m["eval_loss"] for m in reversed(d["metrics"]) if "eval_loss" in m), None)
               for n, d in present.items()}
@@ -291,6 +333,8 @@ def summary_paragraphs(data: dict, settings: dict, st: dict) -> list[str]:
                f"tokens each). " + (f"Last eval loss: {known}" if known else "No evaluation yet")
                + (f" (unigram entropy {entropy:.3f}: below it, a model uses context)." if entropy else "."))
     out += emergence_paragraphs(present, st)
+    out += statements.site_paragraphs(seed_data, st["lam"])
+    out.append(statements.classes_paragraph(seed_data))
     out.append(_disruption_summary(present))
     out.append("What this run can show: whether, over these steps, Q and K concentrate their norm in a few dims "
                "more than V does, whether that differs between positional schemes, and when it starts, always "

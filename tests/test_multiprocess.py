@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from minimal_lm.run_dir import load_run
 from train import read_metrics, run

@@ -1,6 +1,7 @@
 """The study end to end on micro models: every file, step-0 records from the initial params, resume after
 a crash without duplicates, a planted massive dim dated to its step, reruns that skip finished work, the
-report without a scheme; study configs."""
+report without a scheme; on a tiny stdlib corpus the token-class log (truncated on resume), seeds in their own
+run directories and the report's seed spread; study configs, the GPU one end to end at a tiny size."""
 import contextlib
 import dataclasses
 import io
@@ -31,8 +32,11 @@ SCHEMES = ("rope", "none")
 EDIT_AT, LAYER, DIM = 4, 1, 3  # the planted edit: W_k of this layer, head 0, this dim, x50 in checkpoint EDIT_AT
 
 
+SYNTHETIC = f"{CONFIGS}/study_default.py:SYNTHETIC"
+
+
 def micro(*extra, schemes=SCHEMES):
-    return load_study(CONFIGS / "study_default.py", MICRO + [f"study.schemes={','.join(schemes)}", *extra])
+    return load_study(SYNTHETIC, MICRO + [f"study.schemes={','.join(schemes)}", *extra])
 
 
 def _plant(run_dir, cfg):
@@ -63,7 +67,7 @@ def study_dir(tmp_path_factory):
         f.write(json.dumps({"step": 8, "accuracy": {"none": {"contextual": 1.0}}, "n": {"contextual": 2}}) + "\n")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["study", "--config", str(CONFIGS / "study_default.py"), "--out", str(out), *MICRO,
+        assert main(["study", "--config", SYNTHETIC, "--out", str(out), *MICRO,
                      f"study.schemes={','.join(SCHEMES)}"]) == 0
     assert f"wrote {out / 'index.html'}" in printed.getvalue()
     return out
@@ -180,13 +184,19 @@ def test_report_of_a_directory_without_runs_says_so(tmp_path, capsys):
 
 def test_shipped_study_configs_build():
     sizes = {}
-    for spec in ("study_default.py", "study_gpu.py", "study_gpu.py:SYNTHETIC"):
+    for spec in ("study_default.py", "study_default.py:SYNTHETIC", "study_cpu_long.py", "study_gpu.py",
+                 "study_gpu.py:SYNTHETIC"):
         study = load_study(CONFIGS / spec if ":" not in spec else f"{CONFIGS}/{spec}")
         assert study.schemes == ("rope", "none", "alibi", "learned")
         sizes[spec] = count_params(jax.eval_shape(lambda: init_state(study.base.model, study.base.train)).params)
-    assert sizes["study_default.py"] < 1e6 and all(20e6 < sizes[s] < 60e6 for s in ("study_gpu.py",
-                                                                                     "study_gpu.py:SYNTHETIC"))
-    assert load_study(f"{CONFIGS}/study_gpu.py").base.data.kind == "shards"
+    assert load_study(CONFIGS / "study_cpu_long.py").seeds == (0, 1, 2)
+    assert sizes["study_default.py"] < 1e6 and sizes["study_cpu_long.py"] == sizes["study_default.py"]
+    assert all(20e6 < sizes[s] < 60e6 for s in ("study_gpu.py", "study_gpu.py:SYNTHETIC"))
+    assert load_study(f"{CONFIGS}/study_gpu.py").base.data.kind == "stdlib"
+    assert load_study(CONFIGS / "study_default.py").base.data.kind == "stdlib"
+    assert load_study(SYNTHETIC).base.data.kind == "synthetic"
+    mine = load_study(f"{CONFIGS}/study_gpu.py", ["data.kind=shards", "data.path=data/text"])
+    assert mine.base.data.path == "data/text" and mine.token_classes
 
 
 @pytest.mark.parametrize("override,message", [
@@ -207,10 +217,23 @@ def test_bad_study_settings_are_named(override, message):
 
 
 def test_synthetic_items_need_the_synthetic_corpus():
-    study = load_study(CONFIGS / "study_default.py")
+    study = load_study(SYNTHETIC)
     shards = dataclasses.replace(study.base, data=dataclasses.replace(study.base.data, kind="shards", path="x"))
     with pytest.raises(ConfigError, match="study.probe_source='items' needs data.kind='synthetic'"):
         dataclasses.replace(study, base=shards)
+
+
+def test_stdlib_refuses_the_synthetic_disruption_naming_the_keys():
+    with pytest.raises(ConfigError) as e:
+        load_study(CONFIGS / "study_default.py", ["study.disrupt_tasks=synthetic"])
+    assert ("study.disrupt_tasks='synthetic' needs data.kind='synthetic'" in str(e.value)
+            and "got data.kind='stdlib'" in str(e.value) and "set study.disrupt_tasks=none" in str(e.value))
+    with pytest.raises(ConfigError, match="study.probe_source='items' needs .* set study.probe_source=heldout"):
+        load_study(CONFIGS / "study_default.py", ["study.probe_source=items"])
+    with pytest.raises(ConfigError, match="study.seeds='1,1': expected distinct integers >= 0"):
+        load_study(CONFIGS / "study_default.py", ["study.seeds=1,1"])
+    with pytest.raises(ConfigError, match="study.class_len=512 exceeds model.max_seq_len=256"):
+        load_study(CONFIGS / "study_default.py", ["study.class_len=512"])
 
 
 def test_another_study_in_the_same_directory_is_refused(study_dir, tmp_path):
@@ -232,7 +255,8 @@ def test_text_corpus_study_with_the_paper_tasks(tmp_path):
     (tmp_path / "corpus.txt").write_text("\n".join(docs + [PASSKEY_INSTRUCTION, PASSKEY_FILLER] * 40) + "\n")
     prepare([tmp_path / "corpus.txt"], tmp_path / "data", vocab_size=512, val_fraction=0.1)
     study = load_study(f"{CONFIGS}/study_gpu.py", [
-        f"data.path={tmp_path / 'data'}", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
+        "data.kind=shards", f"data.path={tmp_path / 'data'}", "study.disrupt_tasks=paper", "study.class_rows=4",
+        "study.class_len=64", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
         "model.vocab_size=512", "model.max_seq_len=256", "model.dtype=float32", "train.seq_len=64",
         "train.batch_size=4", "train.steps=4", "train.warmup_steps=1", "train.eval_batches=1", "train.progress=false",
         "study.schemes=rope", "study.probe_every=2", "study.disrupt_every=0", "study.probe_len=64",
@@ -245,3 +269,114 @@ def test_text_corpus_study_with_the_paper_tasks(tmp_path):
     assert [(r["task"], r["kinds"], r["n"]) for r in result["runs"]] == [("passkey", ["contextual"], 2),
                                                                        ("facts", ["parametric"], 2)]
     assert "Disruption accuracy" in index.read_text()
+
+
+# ---- the stdlib corpus: token classes, seeds ---------------------------------------------------------
+
+
+def stdlib_micro(cache, *extra):
+    return load_study(CONFIGS / "study_default.py", [
+        *(x for x in MICRO if not x.startswith("study.disrupt_n") and "max_new" not in x), "study.schemes=rope",
+        "study.probe_len=32", "study.class_rows=4", "study.class_len=48", "study.seeds=0,1", "data.max_files=8",
+        "data.vocab_size=512", "model.vocab_size=512", f"data.cache_dir={cache}", *extra])
+
+
+@pytest.fixture(scope="module")
+def stdlib_study(tmp_path_factory):
+    """Two seeds of RoPE on a tiny stdlib corpus; seed 0 first stopped at step 4 with a stale token-class line
+    past it (as a kill leaves), then the whole study."""
+    out, cache = tmp_path_factory.mktemp("stdlib_study"), tmp_path_factory.mktemp("cache")
+    run_study(stdlib_micro(cache, "train.stop_after=4", "study.seeds=0"), out, progress=False, report=False)
+    with open(out / "rope" / em.CLASS_LOG, "a") as f:
+        f.write(json.dumps({"step": 6, "tokens_seen": 0, "classes": {}}) + "\n")
+    run_study(stdlib_micro(cache), out, progress=False)
+    return out
+
+
+def test_token_class_log_at_the_disruption_cadence_and_resume_truncates_it(stdlib_study):
+    for run in ("rope", "rope_seed1"):
+        lines = read_log(stdlib_study / run / em.CLASS_LOG)
+        assert [x["step"] for x in lines] == [0, 4, 8], run  # step 0, disrupt_every=4, the last step
+        assert [x["tokens_seen"] for x in lines] == [0, 4 * 4 * 32, 8 * 4 * 32]
+        final = lines[-1]["classes"]
+        assert set(final) == {"none", "massive"}  # study.disrupt_modes of MICRO
+        assert set(final["none"]) == {"contextual", "parametric", "other", "all"}
+        assert final["none"]["all"]["n"] == 4 * 47 and final["none"]["contextual"]["n"] > 0
+        assert sum(final["none"][c]["n"] for c in ("contextual", "parametric", "other")) == 4 * 47
+        assert final["massive"]["all"]["loss"] != final["none"]["all"]["loss"]
+    z = np.load(stdlib_study / "class_batch.npz")
+    assert z["tokens"].shape == (4, 48) and int(z["eos_id"]) >= 0
+    from probes.token_classes import BigramCounts
+
+    counts = BigramCounts.load(stdlib_study / "bigram_counts.npz")
+    assert counts.vocab_size == 512 and counts.counts.sum() > 1000
+
+
+def test_seeds_train_in_their_own_run_directories_on_the_same_probe_batch(stdlib_study):
+    from minimal_lm.run_dir import load_run
+
+    a, b = load_run(stdlib_study / "rope", step=0), load_run(stdlib_study / "rope_seed1", step=0)
+    assert (a[0].position, b[0].position) == ("rope", "rope")
+    assert json.loads((stdlib_study / "rope" / "config.json").read_text())["train"]["seed"] == 0
+    cfg1 = json.loads((stdlib_study / "rope_seed1" / "config.json").read_text())
+    assert cfg1["train"]["seed"] == 1 and cfg1["data"]["seed"] == 1
+    assert not np.allclose(jax.tree.leaves(a[1])[0], jax.tree.leaves(b[1])[0]), "another init"
+    r0, r1 = read_records(stdlib_study / "rope")[0], read_records(stdlib_study / "rope_seed1")[0]
+    assert [r.step for r in read_records(stdlib_study / "rope_seed1")] == [0, 2, 4, 6, 8]
+    assert r0.norms["v"].shape == r1.norms["v"].shape and not np.allclose(r0.norms["v"], r1.norms["v"])
+
+
+def test_report_shows_seeds_and_token_classes(stdlib_study):
+    html = (stdlib_study / "index.html").read_text()
+    for text in ("Seeds: 0, 1", "Per scheme and site", "RoPE (2 seeds, 1,024 tokens seen)", "first step &gt; λ=5",
+                 "Contextual and parametric tokens under disruption", "Contextual / parametric held-out tokens",
+                 "RoPE: contextual", "loss none", "top-1 % none"):
+        assert text in html, text
+    assert (stdlib_study / "figures" / "token_classes.png").is_file()
+    assert (stdlib_study / "figures" / "rope_emergence.png").is_file()
+
+
+def test_statements_call_a_scheme_difference_only_beyond_the_seed_spread():
+    from probes import statements
+
+    def run(q, k, v, first=None):
+        layers = lambda r, f=None: [{"init": 1.5, "final": r, "peak": r, "first_massive_step": f,  # noqa: E731
+                                     "lowfreq_init": 0.5, "lowfreq_final": 0.2}]
+        sites = {"q": layers(q, first), "k": layers(k), "v": layers(v), "q_pre": layers(q, first), "k_pre": layers(k)}
+        return {"summary": {"has_step0": True, "steps": [0, 10], "tokens_seen": [0, 100], "sites": sites,
+                            "sinks": {"step0": True, "share_first": 0.0, "share_last": 0.25}},
+                "freq": {"rotated": True}}
+
+    data = {"rope": [run(6.0, 4.0, 2.0, first=10), run(7.0, 2.0, 2.1)],
+            "none": [run(3.0, 3.0, 2.0), run(3.5, 3.5, 2.0)]}
+    text = " ".join(statements.site_paragraphs(data, 5.0))
+    assert "every seed of one is above every seed of the other (2+ seeds each): Q RoPE > NoPE." in text
+    assert "Within the seed spread (not called): K NoPE > RoPE, V RoPE > NoPE." in text
+    assert "Q 2.00 [2.00, 2.00], K 0.95 [0.57, 1.33] after rotation" in text  # 6/3, 7/3.5; 4/3, 2/3.5
+    assert "A dim crossed λ = 5: q at step 10; none, q_pre at step 10; none (per seed)" in text
+    assert "attention-sink share 0.00 [0.00, 0.00] → 0.25 [0.25, 0.25]" in text
+    one = {n: ds[:1] for n, ds in data.items()}
+    assert "there is no seed spread to compare the schemes' differences with, so none is called" in " ".join(
+        statements.site_paragraphs(one, 5.0))
+    table = statements.sites_table(data, 5.0)
+    assert [r[:3] for r in table.rows[:2]] == [["RoPE", "q", 2], ["RoPE", "k", 2]]
+    assert table.rows[0][7] == "10; none" and table.rows[1][7] == "none did"
+
+
+def test_gpu_study_config_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """configs/study_gpu.py as shipped (stdlib corpus, bf16 compute, token classes, no item tasks) with only
+    sizes overridden: only its speed on a GPU is unknown."""
+    study = load_study(f"{CONFIGS}/study_gpu.py", [
+        "model.d_model=32", "model.num_layers=2", "model.num_heads=2", "model.vocab_size=512", "model.max_seq_len=64",
+        "data.vocab_size=512", "data.max_files=8", f"data.cache_dir={tmp_path / 'cache'}", "train.seq_len=32",
+        "train.batch_size=2", "train.steps=4", "train.warmup_steps=1", "train.eval_batches=1", "train.log_every=1",
+        "train.checkpoint_every=2", "train.progress=false", "study.schemes=rope,none", "study.probe_every=2",
+        "study.disrupt_every=2", "study.probe_rows=2", "study.probe_len=32", "study.class_rows=2",
+        "study.class_len=48", "study.heatmap_steps=0,4"])  # 8 files hold out 62 tokens
+    assert study.base.model.dtype == "bfloat16" and study.base.data.stdlib_tests
+    index = run_study(study, tmp_path / "study", progress=False)
+    for scheme in ("rope", "none"):
+        assert [r.step for r in read_records(tmp_path / "study" / scheme)] == [0, 2, 4]
+        assert [x["step"] for x in read_log(tmp_path / "study" / scheme / em.CLASS_LOG)] == [0, 2, 4]
+    html = index.read_text()
+    assert "RoPE / NoPE ratio of the largest max ratio" in html and "One seed per scheme" in html
