@@ -10,7 +10,7 @@ from minimal_lm.cli import warnings_as_lines
 from minimal_lm.files import refuse_file_as_dir
 
 COMMANDS = ("probes.massive_cmd", "probes.disrupt_cmd", "probes.study_cmd", "probes.report_cmd",
-            "probes.checkpoints_cmd", "probes.table1_cmd")
+            "probes.checkpoints_cmd", "probes.table1_cmd", "probes.sweep_cmd")
 
 
 def main(argv=None) -> int:

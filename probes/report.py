@@ -38,22 +38,18 @@ def write_report(path) -> Path:
     if checkpoints.is_checkpoints_dir(path):
         return checkpoints.write_report(path)
     if (path / "study.json").is_file():
-        settings = _read_json(path / "study.json")
-        seeds = settings["study"].get("seeds") or [0]
-        out, runs = path, {s: path / s for s in settings["study"]["schemes"]}
-        seed_runs = {s: [path / run_name(s, k, seeds) for k in seeds] for s in runs}
+        out, (settings, st, seed_data) = path, study_data(path)
     elif (path / "config.json").is_file():
         parent = path.parent / "study.json"
         settings = {**_read_json(path / "config.json"),
                     "study": _read_json(parent)["study"] if parent.is_file() else {}}
-        out, runs = path / "report", {path.name: path}
-        seed_runs = {path.name: [path]}
+        st = {**DEFAULTS, **settings["study"]}
+        out, seed_data = path / "report", {path.name: [_load(path, st)]}
     else:
         raise FileNotFoundError(f"{path}: neither a study directory (study.json), a run directory (config.json) nor "
                                 f"a checkpoints directory ({checkpoints.SETTINGS})")
-    st = {**DEFAULTS, **settings.get("study", {})}
-    data = {name: _load(run_dir, st) for name, run_dir in runs.items()}
-    seed_data = {n: [data[n]] + [_load(d, st) for d in dirs[1:]] for n, dirs in seed_runs.items()}
+    runs = list(seed_data)
+    data = {n: ds[0] for n, ds in seed_data.items()}  # the first seed of each scheme
     present = {n: d for n, d in data.items() if d}
     if not present:
         raise FileNotFoundError(f"{path}: no run with probe records or metrics among {', '.join(runs)}; "
@@ -88,6 +84,18 @@ def write_report(path) -> Path:
         sections.append(Section("Command", code=settings["command"]))
     title = "Massive values over training: " + ", ".join(em.label(n) for n in runs)
     return write_index(out, title, sections, intro=_intro(data, settings))
+
+
+def study_data(path) -> tuple[dict, dict, dict]:
+    """What the report reads of a study directory: (its study.json, the study settings over DEFAULTS, seed_data:
+    scheme -> one _load per seed of study.seeds, None for a run not trained yet), the input of probes.statements
+    (probes.sweep tabulates it)."""
+    path = Path(path)
+    settings = _read_json(path / "study.json")
+    seeds = settings["study"].get("seeds") or [0]
+    st = {**DEFAULTS, **settings["study"]}
+    return settings, st, {s: [_load(path / run_name(s, k, seeds), st) for k in seeds]
+                          for s in settings["study"]["schemes"]}
 
 
 def classes_section(seed_data: dict, out, figs) -> Section:

@@ -51,10 +51,22 @@ def _stats(seed_data):
     return {n: [x for x in map(run_stats, ds) if x] for n, ds in seed_data.items()}
 
 
-def _first_text(firsts, lam) -> str:
+def first_text(firsts, none: str = "none did") -> str:
+    """First steps above lambda, one per seed ("; " between them, None: none was), or `none` when no seed had one."""
     if all(f is None for f in firsts):
-        return "none did"
+        return none
     return "; ".join("none" if f is None else ("0 (at init)" if f == 0 else str(f)) for f in firsts)
+
+
+QK_SITES = ("q", "k", "q_pre", "k_pre")
+
+
+def first_crossing(stats: dict, sites=QK_SITES) -> int | None:
+    """One run's first step (run_stats) at which a dim of any layer of any of `sites` was above lambda; None: none
+    was. By default Q and K, before and after rotation."""
+    firsts = [stats["sites"][s]["first"] for s in sites if s in stats["sites"]]
+    firsts = [f for f in firsts if f is not None]
+    return min(firsts) if firsts else None
 
 
 def sites_table(seed_data: dict, lam: float) -> Table | None:
@@ -71,7 +83,7 @@ def sites_table(seed_data: dict, lam: float) -> Table | None:
                     else ["", ""])
             rows.append([em.label(n), site, len(x), f"{stats[0]['tokens']:,}", spread([y["init"] for y in x]),
                          spread([y["final"] for y in x]), spread([y["peak"] for y in x]),
-                         _first_text([y["first"] for y in x], lam), spread([y["low_init"] for y in x]),
+                         first_text([y["first"] for y in x]), spread([y["low_init"] for y in x]),
                          spread([y["low_final"] for y in x]), *sink])
     if not rows:
         return None
@@ -91,7 +103,7 @@ def site_paragraphs(seed_data: dict, lam: float) -> list[str]:
         sites = em.sites_for(stats[0]["rotated"])
         ratios = "; ".join(f"{site} {spread([s['sites'][site]['init'] for s in stats])} → "
                            f"{spread([s['sites'][site]['final'] for s in stats])}" for site in sites)
-        crossed = [f"{site} at step {_first_text([s['sites'][site]['first'] for s in stats], lam)}" for site in sites
+        crossed = [f"{site} at step {first_text([s['sites'][site]['first'] for s in stats])}" for site in sites
                    if any(s["sites"][site]["first"] is not None for s in stats)]
         low = "; ".join(f"{site} {spread([s['sites'][site]['low_init'] for s in stats])} → "
                         f"{spread([s['sites'][site]['low_final'] for s in stats])}" for site in sites if site != "v")
@@ -105,18 +117,32 @@ def site_paragraphs(seed_data: dict, lam: float) -> list[str]:
     return out
 
 
+RATIO_SITES = {"q": "q", "k": "k", "v": "v", "q_pre": "q", "k_pre": "k"}
+"""RoPE site -> the NoPE site it is divided by (NoPE's Q and K are not rotated: its q_pre, k_pre equal q, k)."""
+
+
+def rope_nope_ratios(seed_data: dict) -> dict[str, list[float]]:
+    """Per RoPE site (RATIO_SITES), the RoPE / NoPE ratio of the final largest max ratio over layers, one per seed
+    that both schemes have trained (paired by seed: the k-th seed of one with the k-th of the other); {} when
+    there is no such pair."""
+    pairs = [(a, b) for a, b in zip(map(run_stats, seed_data.get("rope") or []),
+                                    map(run_stats, seed_data.get("none") or [])) if a and b]
+    if not pairs:
+        return {}
+    return {site: [a["sites"][site]["final"] / b["sites"][other]["final"] for a, b in pairs]
+            for site, other in RATIO_SITES.items()}
+
+
 def rope_nope_paragraph(seed_data: dict) -> str:
     """The RoPE / NoPE ratio of the final largest max ratio over layers, paired by seed, with V's beside it."""
-    stats = _stats(seed_data)
-    rope, nope = stats.get("rope") or [], stats.get("none") or []
-    pairs = list(zip(rope, nope))
-    if not pairs:
+    ratios = rope_nope_ratios(seed_data)
+    if not ratios:
         return ""
-    part = lambda site, other=None: spread(  # noqa: E731
-        [a["sites"][site]["final"] / b["sites"][other or site]["final"] for a, b in pairs])
-    return (f"RoPE / NoPE ratio of the largest max ratio over layers at the end (paired by seed, {len(pairs)} pair"
-            f"{'s' * (len(pairs) > 1)}): Q {part('q')}, K {part('k')} after rotation; before rotation Q "
-            f"{part('q_pre', 'q')}, K {part('k_pre', 'k')}; V {part('v')} for comparison (V is never rotated: "
+    part = lambda site: spread(ratios[site])  # noqa: E731
+    n = len(ratios["q"])
+    return (f"RoPE / NoPE ratio of the largest max ratio over layers at the end (paired by seed, {n} pair"
+            f"{'s' * (n > 1)}): Q {part('q')}, K {part('k')} after rotation; before rotation Q "
+            f"{part('q_pre')}, K {part('k_pre')}; V {part('v')} for comparison (V is never rotated: "
             "a ratio near 1 there says the schemes' difference is not one of scale). Above 1 means RoPE concentrates "
             "more.")
 

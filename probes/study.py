@@ -160,7 +160,26 @@ def load_study(spec: str | Path, overrides: typing.Sequence[str] = ()) -> StudyC
     """The StudyConfig `STUDY` of the Python file `spec` (`path.py:NAME` picks another name), with overrides:
     `study.key=value` sets a study field (a list comma-separated), `model.`, `train.`, `data.` keys the base
     RunConfig. The loader and the parser are train.config's, as for a run."""
-    return apply_overrides(load_python(spec, StudyConfig, "STUDY"), overrides, sections=SECTIONS)
+    return override_study(load_python(spec, StudyConfig, "STUDY"), overrides)
+
+
+def override_study(study: StudyConfig, overrides: typing.Sequence[str]) -> StudyConfig:
+    """`study` with dotted `key=value` overrides, as load_study applies them (probes.sweep: one setting each)."""
+    return apply_overrides(study, overrides, sections=SECTIONS)
+
+
+def load_object(spec: str | Path, cls: type, name: str):
+    """The module-level `name`, a `cls`, of the Python file `spec` (`path.py:NAME` picks another name): the loader
+    of load_study, for configs of other kinds built on studies (probes.sweep's SWEEP)."""
+    return load_python(spec, cls, name)
+
+
+def diverged(error: BaseException) -> bool:
+    """Whether `error` is training's non-finite loss (train.loop.NonFiniteLoss), for callers of run_study that
+    keep out of train (probes.sweep goes on with its next setting)."""
+    from train.loop import NonFiniteLoss
+
+    return isinstance(error, NonFiniteLoss)
 
 
 def _check(name, value, ok, expected):
@@ -199,18 +218,26 @@ def run_study(study: StudyConfig, out, *, command: str = "", progress: bool = Tr
         return write_report(out) if report else out / "index.html"
 
 
-def _write_settings(study: StudyConfig, out: Path, command: str) -> None:
-    """study.json; a directory holding a study of other settings is refused, naming the keys."""
+def settings_diff(study: StudyConfig, out) -> list[str]:
+    """The keys (as 'key: old -> new') in which the study saved in out/study.json differs from `study`, ignoring
+    those a resumed study may change (SETTINGS_FREE, train.config.CONTROL_KEYS); [] when there is none saved."""
     from train.config import CONTROL_KEYS
 
+    path, new = Path(out) / "study.json", study.to_dict()
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); use another --out") from None
+    return config_diff({k: old.get(k) for k in new}, new, ignore=CONTROL_KEYS | SETTINGS_FREE, defaults=_defaults())
+
+
+def _write_settings(study: StudyConfig, out: Path, command: str) -> None:
+    """study.json; a directory holding a study of other settings is refused, naming the keys."""
     path, new = out / "study.json", study.to_dict()
     if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e}); use another --out") from None
-        diff = config_diff({k: old.get(k) for k in new}, new, ignore=CONTROL_KEYS | SETTINGS_FREE,
-                           defaults=_defaults())
+        diff = settings_diff(study, out)
         if diff:
             raise ConfigError(f"{out} holds a study with other settings; differing keys: {'; '.join(diff)}. "
                               f"Use another --out")
