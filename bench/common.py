@@ -69,14 +69,19 @@ def child_env(threads: int = 0) -> dict:
     return env
 
 
-def run_side(script: str, side: str, argv: list[str], timeout: int = 900) -> dict:
-    """Run `script --side side` in a fresh interpreter; its last stdout line is a JSON dict."""
+def run_side(script: str, side: str, argv: list[str], timeout: int = 900, threads: int | None = None) -> dict:
+    """Run `script --side side` in a fresh interpreter; its last stdout line is a JSON dict. With `threads`
+    (default cpu_threads()) below the machine's cores the child is also pinned to that many CPUs: JAX sizes
+    its CPU thread pool from the affinity mask, and XLA_FLAGS alone leave it on every core."""
     cmd = [sys.executable, script, "--side", side, *argv]
     label = f"{os.path.basename(script)} --side {side}"
     t0 = time.perf_counter()
     print(f"   ({label} ...)", file=sys.stderr, flush=True)
-    threads = cpu_threads("--full" in argv)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(threads), timeout=timeout)
+    threads = cpu_threads("--full" in argv) if threads is None else threads
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = (lambda: os.sched_setaffinity(0, cpus[-threads:])) if 0 < threads < len(cpus) else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(threads), timeout=timeout,
+                          preexec_fn=pin)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr[-4000:])

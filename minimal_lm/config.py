@@ -68,7 +68,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots
     scan_layers: bool = True
-    attention_impl: str | None = None  # None (auto) | "xla" | "cudnn"
+    attention_impl: str | None = None  # None (auto: "chunked" on CPU) | "xla" | "cudnn" | "chunked"
 
     def __post_init__(self):
         if self.position is None:
@@ -103,8 +103,8 @@ class ModelConfig:
         for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat", REMAT)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        if self.attention_impl not in (None, "xla", "cudnn"):
-            raise ConfigError(f"attention_impl={self.attention_impl!r}: expected None, 'xla' or 'cudnn'")
+        if self.attention_impl not in (None, "xla", "cudnn", "chunked"):
+            raise ConfigError(f"attention_impl={self.attention_impl!r}: expected None, 'xla', 'cudnn' or 'chunked'")
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps={self.norm_eps}: expected a positive number")
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std >= 0:

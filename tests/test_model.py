@@ -185,3 +185,60 @@ def test_hooks_with_bind_receive_the_call_mask():
     out = forward(params, tokens(), cfg, mask_BT=mask, capture=CountReal())
     np.testing.assert_array_equal(seen["mask"], mask)
     np.testing.assert_array_equal(out.captured["v"], [20, 20])
+
+
+@pytest.mark.parametrize("position", SCHEMES)
+def test_chunked_attention_equals_xla_values_and_gradients(position):
+    """CPU's default attention (query chunks against their causal prefix, ragged last chunk) against
+    jax.nn.dot_product_attention, with GQA, a window, left padding, and under remat and the scan."""
+    from minimal_lm.model import CHUNK, attention_impl
+
+    cfg = tiny(position, max_seq_len=2 * CHUNK + 30, layer_windows=(0, 40))
+    T = 2 * CHUNK + 22
+    assert attention_impl(cfg, T, cached=False) == ("chunked" if jax.default_backend() == "cpu" else None)
+    assert attention_impl(cfg, T, cached=True) is None and attention_impl(cfg, CHUNK, cached=False) is None
+    params = init_params(cfg, jax.random.key(11))
+    toks = tokens(T=T)
+    mask = jnp.ones(toks.shape, bool).at[1, :9].set(False)
+
+    def loss(p, c, m):
+        return jnp.mean(forward(p, toks, c, mask_BT=m).logits ** 2)
+
+    for m in (None, mask):
+        ref_val, ref_grad = jax.value_and_grad(loss)(params, cfg.replace(attention_impl="xla"), m)
+        for variant in (cfg.replace(attention_impl="chunked"), cfg.replace(attention_impl="chunked", remat="full",
+                                                                            scan_layers=False)):
+            val, grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, variant, m)
+            np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad, ref_grad)
+
+
+def test_chunked_attention_with_a_cache_is_refused_by_name():
+    from minimal_lm import ConfigError
+
+    cfg = tiny(attention_impl="chunked")
+    params = init_params(cfg, jax.random.key(12))
+    with pytest.raises(ConfigError, match="attention_impl='chunked'"):
+        forward(params, tokens(T=4), cfg, cache=init_cache(cfg, 2, 8))
+
+
+@pytest.mark.parametrize("out_dtype", [None, jnp.float32])
+def test_dense_gradients_equal_the_plain_matmul(out_dtype):
+    """minimal_lm.model.dense (on CPU a custom VJP with a contiguous x^T) differentiates like jnp.matmul, in
+    float32 and with bf16 inputs accumulating in float32 (the logits)."""
+    from minimal_lm.model import dense
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    w = jax.random.normal(jax.random.key(1), (8, 3))
+    for dt in (jnp.float32, jnp.bfloat16):
+        xs, ws = x.astype(dt), w.astype(dt)
+
+        def f(mm):
+            return jax.grad(lambda a, b: jnp.sum(jnp.sin(mm(a, b).astype(jnp.float32))), argnums=(0, 1))(xs, ws)
+
+        got = jax.jit(lambda: f(lambda a, b: dense(a, b, out_dtype)))()
+        ref = f(lambda a, b: jnp.matmul(a, b, preferred_element_type=out_dtype))
+        for g, r in zip(got, ref):
+            assert g.dtype == r.dtype
+            tol = 1e-5 if dt == jnp.float32 else 3e-2
+            np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=tol, atol=tol)
