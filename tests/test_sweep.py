@@ -213,11 +213,11 @@ def test_the_shipped_sweep_varies_one_driver_per_setting():
     assert sweep.study.schemes == ("rope", "none") and not sweep.study.token_classes
     assert sweep.study.base.data.kind == "stdlib" and sweep.study.disrupt_tasks == "none"
     keys = {n: [d.split(":")[0] for d in config_diff(base, s.to_dict())] for n, s in studies.items()}
-    assert keys == {"base": [], "steps360": ["train.steps", "train.warmup_steps"],
+    assert keys == {"base": [], "steps900": ["train.steps", "train.warmup_steps"],
                     "d256": ["model.d_model", "model.num_heads"], "layers4": ["model.num_layers"],
                     "lr3x": ["train.lr"], "theta100": ["model.rope_theta"], "theta1e6": ["model.rope_theta"],
                     "seq512": ["model.max_seq_len", "train.batch_size", "train.seq_len"]}
     assert studies["d256"].base.model.dim_per_head == studies["base"].base.model.dim_per_head == 32
     tokens = {n: s.base.train.batch_size * s.base.train.seq_len for n, s in studies.items()}
-    assert set(tokens.values()) == {1024}  # every setting sees the same tokens per step
+    assert set(tokens.values()) == {2048}  # every setting sees the same tokens per step
     assert studies["lr3x"].base.train.lr == pytest.approx(3 * studies["base"].base.train.lr)
