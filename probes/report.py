@@ -340,8 +340,11 @@ def summary_paragraphs(data: dict, settings: dict, st: dict, seed_data: dict | N
     out.append(f"Trained {len(present)} scheme(s) for {step}{of} steps ({step * t['batch_size'] * t['seq_len']:,} "
                f"tokens each). " + (f"Last eval loss: {known}" if known else "No evaluation yet")
                + (f" (unigram entropy {entropy:.3f}: below it, a model uses context)." if entropy else "."))
-    out += emergence_paragraphs(present, st)
-    out += statements.site_paragraphs(seed_data, st["lam"])
+    if max(len(ds) for ds in seed_data.values()) > 1:
+        out += seeds_paragraphs(present, seed_data, st)
+    else:
+        out += emergence_paragraphs(present, st)
+        out += statements.site_paragraphs(seed_data, st["lam"])
     out.append(statements.classes_paragraph(seed_data))
     out.append(_disruption_summary(present))
     out.append("What this run can show: whether, over these steps, Q and K concentrate their norm in a few dims "
@@ -358,22 +361,7 @@ def emergence_paragraphs(present: dict, st: dict) -> list[str]:
     rotation), for partial rotary the share in unrotated dims, each with its chance share, and the attention-sink
     share (or "not recorded")."""
     lam, out = st["lam"], []
-    massive = []
-    for n, d in present.items():
-        s = d["summary"]
-        if not s or not s["has_step0"] or len(s["steps"]) < 2:
-            massive.append(f"{em.label(n)}: " + ("only the step-0 record so far." if s and s["has_step0"] else
-                                                 "no step-0 record, so no baseline to compare with."))
-            continue
-        parts = []
-        for site in ("q", "k", "v"):
-            x = s["sites"][site]
-            init, final = max(y["init"] for y in x), max(y["final"] for y in x)
-            born = [i for i, y in enumerate(x) if y["first_massive_step"] is not None and not y["massive_at_init"]]
-            parts.append(f"{site.upper()} {init:.2f} → {final:.2f} (x{final / init:.2f})"
-                         + (f", crossing λ in layer(s) {born}" if born else ""))
-        massive.append(f"{em.label(n)}: largest max ratio over layers, step 0 → {s['steps'][-1]}: "
-                       + "; ".join(parts) + ".")
+    massive = list(_massive_parts(present).values())
     out.append(f"Massive values (a dim with M > {lam:g} x its head mean): " + " ".join(massive))
     out += [t for t in (_verdicts(present, lam), _qk_versus_v(present)) if t]
     out.append(sink_paragraph(present))
@@ -412,6 +400,124 @@ def emergence_paragraphs(present: dict, st: dict) -> list[str]:
     return out
 
 
+def _massive_parts(present: dict) -> dict[str, str]:
+    """Per series, the sentence of the summary's "Massive values" paragraph: the largest max ratio over layers of
+    Q, K and V at step 0 and at the end, or why there is none."""
+    massive = {}
+    for n, d in present.items():
+        s = d["summary"]
+        if not s or not s["has_step0"] or len(s["steps"]) < 2:
+            massive[n] = f"{em.label(n)}: " + ("only the step-0 record so far." if s and s["has_step0"] else
+                                               "no step-0 record, so no baseline to compare with.")
+            continue
+        parts = []
+        for site in ("q", "k", "v"):
+            x = s["sites"][site]
+            init, final = max(y["init"] for y in x), max(y["final"] for y in x)
+            born = [i for i, y in enumerate(x) if y["first_massive_step"] is not None and not y["massive_at_init"]]
+            parts.append(f"{site.upper()} {init:.2f} → {final:.2f} (x{final / init:.2f})"
+                         + (f", crossing λ in layer(s) {born}" if born else ""))
+        massive[n] = (f"{em.label(n)}: largest max ratio over layers, step 0 → {s['steps'][-1]}: "
+                      + "; ".join(parts) + ".")
+    return massive
+
+
+def seeds_paragraphs(present: dict, seed_data: dict, st: dict) -> list[str]:
+    """The summary's sentences on massive values when the study has several seeds: each quantity once, over all
+    seeds (probes.statements.site_paragraphs, with the layers that crossed lambda), in place of emergence_paragraphs'
+    seed-0 sentences; beside them what only those said: what a massive value is, why a series has no statement
+    yet, Q/K against V, the sink threshold against Gu et al. (and any peak between the ends), what the low-frequency
+    share is measured against (its chance share, the rotation's own bias or, without rotation, that it is
+    hypothetical), the heads agreeing on a frequency index and, for partial rotary, the share in unrotated dims."""
+    lam, k = st["lam"], st["top_k"]
+    stats = {n: [x for x in map(statements.run_stats, ds) if x] for n, ds in seed_data.items()}
+    missing = [text for n, text in _massive_parts(present).items() if not stats.get(n)]
+    out = [f"Massive values (a dim with M > {lam:g} x its head mean), per scheme over its seeds: the largest max ratio "
+           "over layers per site at step 0 and at the end (mean [min, max] over seeds), the first step a dim crossed "
+           "λ with the layers it crossed in (per seed), the low-frequency share and the attention-sink share."
+           + "".join(f" {text}" for text in missing)]
+    out += statements.site_paragraphs(seed_data, lam, layers=True)
+    out += [t for t in (_qk_versus_v_seeds(stats), _sinks_seeds(seed_data, stats)) if t]
+    for n, ds in seed_data.items():
+        runs = [d for d in ds if d and statements.run_stats(d)]
+        if not runs:
+            continue
+        freq = runs[0]["freq"]
+        if not freq["rotated"]:
+            out.append(f"{em.label(n)}: the low-frequency share above is that of the top-{k} mass (mean over layers; "
+                       f"chance {freq['chance_lowfreq']:.2f}); {freq['label']}: it says whether the dims a RoPE model "
+                       "would rotate slowest carry the mass, in a model that rotates none.")
+            continue
+        partial = bool(freq["unrot_E"].any())
+        of = (f" of the {freq['rotary_dim']} rotated of {len(freq['freq_E'])} dims per head" if partial else "")
+        heads = "; ".join(_agreement_part({site: d["summary"]["sites"][site] for site in ("q", "k")},
+                                          len(freq["freq_E"])) for d in runs)
+        out.append(f"{em.label(n)}: the low-frequency share above is that of the top-{k} mass in the slowest quarter"
+                   f"{of} (mean over layers; chance {freq['chance_lowfreq']:.2f}), after rotation for q and k, before "
+                   "it for q_pre and k_pre. The after-rotation value at step 0 is the bias of the rotation itself, not "
+                   "something learned. Heads agreeing on the frequency index of their top dim, largest at the end, per "
+                   f"seed: {heads}. Index 0 is the fastest-rotating pair, {int(freq['freq_E'].max())} the slowest.")
+        if partial:
+            share = lambda site, key: statements.spread(  # noqa: E731
+                [np.mean(v) if (v := [y[key] for y in d["summary"]["sites"][site] if y.get(key) is not None])
+                 else None for d in runs]) or "n/a"
+            out.append(f"{em.label(n)} share of top-{k} mass in the {int(freq['unrot_E'].sum())} unrotated dims (their "
+                       f"own class, frequency zero: never counted as low or high frequency; chance "
+                       f"{freq['chance_unrotated']:.2f}; mean over layers, then mean [min, max] over {len(runs)} "
+                       "seeds), "
+                       f"step 0 → end: after rotation Q {share('q', 'unrotated_init')} → "
+                       f"{share('q', 'unrotated_final')}, K {share('k', 'unrotated_init')} → "
+                       f"{share('k', 'unrotated_final')}; before rotation Q {share('q_pre', 'unrotated_init')} → "
+                       f"{share('q_pre', 'unrotated_final')}, K {share('k_pre', 'unrotated_init')} → "
+                       f"{share('k_pre', 'unrotated_final')}. Rotation cannot spread an unrotated dim's mass either, "
+                       "so after rotation these dims share the slow pairs' bias.")
+    return out
+
+
+def _qk_versus_v_seeds(stats: dict) -> str:
+    """_qk_versus_v over seeds: per scheme, in how many seeds the largest max ratio of Q or K grew more than V's."""
+    parts = []
+    for n, runs in stats.items():
+        if not runs:
+            continue
+        growth = lambda r, site: r["sites"][site]["final"] / r["sites"][site]["init"]  # noqa: E731
+        more = sum(max(growth(r, "q"), growth(r, "k")) > growth(r, "v") for r in runs)
+        parts.append(f"{em.label(n)} {more} of {len(runs)} seed{'s' * (len(runs) > 1)}")
+    if not parts:
+        return ""
+    return ("The largest max ratio of Q or K grew (end over step 0) more than that of V in: " + ", ".join(parts) + ".")
+
+
+def _sinks_seeds(seed_data: dict, stats: dict) -> str:
+    """sink_paragraph over seeds, less the shares at step 0 and at the end that site_paragraphs gives: the threshold,
+    Gu et al.'s shares, any peak above both ends (per seed), the first record when it is not step 0, and the series
+    whose records predate sinks."""
+    eps, peaks, late, unrecorded = None, [], [], []
+    for n, ds in seed_data.items():
+        if not stats.get(n):
+            continue
+        sinks = [d["summary"].get("sinks") for d in ds if d and statements.run_stats(d)]
+        if not any(sinks):
+            unrecorded.append(em.label(n))
+            continue
+        eps = next(s["eps"] for s in sinks if s)
+        if any(s and s["share_peak"] > max(s["share_first"], s["share_last"]) for s in sinks):
+            peaks.append(f"{em.label(n)} " + "; ".join(
+                f"{s['share_peak']:.2f} at step {s['peak_step']}"
+                if s and s["share_peak"] > max(s["share_first"], s["share_last"]) else "none" for s in sinks))
+        if any(s and not s["step0"] for s in sinks):
+            late.append(f"{em.label(n)} " + "; ".join(
+                f"{s['share_first']:.2f} at step {s['first_step']}" if s and not s["step0"] else "-" for s in sinks))
+    if eps is None and not unrecorded:
+        return ""
+    where = f"first-token attention mass > {eps:g}" if eps is not None else "first-token attention mass above eps"
+    return (f"Attention sinks: the attention-sink share above is the share of heads with {where}, mean over query "
+            "tokens (Gu et al. find 18-33% after 5B tokens in ~60M models, emerging after 1-2k steps)."
+            + (f" Peak above both ends, per seed: {', '.join(peaks)}." if peaks else "")
+            + (f" First recorded after step 0, per seed: {', '.join(late)}." if late else "")
+            + (f" Not recorded: {', '.join(unrecorded)}." if unrecorded else ""))
+
+
 def _mean(values) -> str:
     """Mean of the known values, as the summary writes it ("n/a" when none: e.g. records that predate a metric)."""
     known = [v for v in values if v is not None]
@@ -420,14 +526,20 @@ def _mean(values) -> str:
 
 def _agreement(x, slowest, head_dim):
     """The Q/K layer whose heads most agree on their top dim's frequency index at the end."""
+    return (f" Heads agreeing on the frequency index of their top dim, largest at the end: "
+            f"{_agreement_part(x, head_dim)[:-1]}; index 0 is the fastest-rotating pair, {slowest} the slowest).")
+
+
+def _agreement_part(x, head_dim) -> str:
+    """_agreement's layer: 'K layer 1, 0.25 at step 0 → 0.75 (index 8)'."""
     site, i = max(((site, i) for site in ("q", "k") for i in range(len(x[site]))),
                   key=lambda si: x[si[0]][si[1]]["concentration_final"] or 0)
     layer = x[site][i]
     index = layer["top_freq_final"]
     where = (f"unrotated dim {index - head_dim}" if index is not None and index >= head_dim else f"index {index}")
-    return (f" Heads agreeing on the frequency index of their top dim, largest at the end: {site.upper()} layer {i}, "
-            f"{layer['concentration_init']:.2f} at step 0 → {layer['concentration_final']:.2f} ({where}; index 0 is "
-            f"the fastest-rotating pair, {slowest} the slowest).")
+    num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    return (f"{site.upper()} layer {i}, {num(layer['concentration_init'])} at step 0 → "
+            f"{num(layer['concentration_final'])} ({where})")
 
 
 def _verdicts(present, lam):

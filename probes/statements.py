@@ -28,8 +28,9 @@ def spread(values, digits: int = 2, sign: bool = False) -> str | None:
 
 def run_stats(d) -> dict | None:
     """One run's statements: per site the largest max ratio over layers at step 0, at the end and at its peak,
-    the first step at which a dim of any layer was above lambda (None: none was), the low-frequency share
-    (mean over layers) at step 0 and at the end; the sink share at step 0 and at the end; tokens seen."""
+    the first step at which a dim of any layer was above lambda (None: none was) and the layers in which one was,
+    the low-frequency share (mean over layers) at step 0 and at the end; the sink share at step 0 and at the end;
+    tokens seen."""
     s = d["summary"] if d else None
     if not s or not s["has_step0"] or len(s["steps"]) < 2:
         return None
@@ -39,6 +40,7 @@ def run_stats(d) -> dict | None:
         low = lambda key: [y[key] for y in layers if y[key] is not None]  # noqa: E731
         sites[site] = {"init": max(y["init"] for y in layers), "final": max(y["final"] for y in layers),
                        "peak": max(y["peak"] for y in layers), "first": min(firsts) if firsts else None,
+                       "layers": [i for i, y in enumerate(layers) if y["first_massive_step"] is not None],
                        "low_init": float(np.mean(low("lowfreq_init"))) if low("lowfreq_init") else None,
                        "low_final": float(np.mean(low("lowfreq_final"))) if low("lowfreq_final") else None}
     sinks = s.get("sinks")
@@ -51,11 +53,21 @@ def _stats(seed_data):
     return {n: [x for x in map(run_stats, ds) if x] for n, ds in seed_data.items()}
 
 
-def first_text(firsts, none: str = "none did") -> str:
-    """First steps above lambda, one per seed ("; " between them, None: none was), or `none` when no seed had one."""
+def first_text(firsts, none: str = "none did", layers=None) -> str:
+    """First steps above lambda, one per seed ("; " between them, None: none was), or `none` when no seed had one;
+    with `layers` (one list per seed), each step followed by the layers in which a dim was above lambda."""
     if all(f is None for f in firsts):
         return none
-    return "; ".join("none" if f is None else ("0 (at init)" if f == 0 else str(f)) for f in firsts)
+
+    def one(f, ls):
+        if f is None:
+            return "none"
+        where = f"layer{'s' * (len(ls) > 1)} {', '.join(map(str, ls))}" if ls else ""
+        if f == 0:
+            return f"0 (at init{', ' + where if where else ''})"
+        return f"{f} ({where})" if where else str(f)
+
+    return "; ".join(one(f, ls) for f, ls in zip(firsts, layers or [None] * len(firsts)))
 
 
 QK_SITES = ("q", "k", "q_pre", "k_pre")
@@ -94,8 +106,10 @@ def sites_table(seed_data: dict, lam: float) -> Table | None:
                          "top-k mass (mean over layers) and the share of attention-sink heads, at step 0 and the end")
 
 
-def site_paragraphs(seed_data: dict, lam: float) -> list[str]:
-    """One sentence per scheme from run_stats, then the RoPE / NoPE ratio and the differences beyond the spread."""
+def site_paragraphs(seed_data: dict, lam: float, layers: bool = False) -> list[str]:
+    """One sentence per scheme from run_stats, then the RoPE / NoPE ratio and the differences beyond the spread;
+    with `layers`, each first step above lambda names the layers that crossed it (the report's summary with
+    several seeds, where these sentences replace seed 0's)."""
     out = []
     for n, stats in _stats(seed_data).items():
         if not stats:
@@ -103,7 +117,10 @@ def site_paragraphs(seed_data: dict, lam: float) -> list[str]:
         sites = em.sites_for(stats[0]["rotated"])
         ratios = "; ".join(f"{site} {spread([s['sites'][site]['init'] for s in stats])} → "
                            f"{spread([s['sites'][site]['final'] for s in stats])}" for site in sites)
-        crossed = [f"{site} at step {first_text([s['sites'][site]['first'] for s in stats])}" for site in sites
+        crossed = [f"{site} at step "
+                   + first_text([s["sites"][site]["first"] for s in stats],
+                                layers=[s["sites"][site]["layers"] for s in stats] if layers else None)
+                   for site in sites
                    if any(s["sites"][site]["first"] is not None for s in stats)]
         low = "; ".join(f"{site} {spread([s['sites'][site]['low_init'] for s in stats])} → "
                         f"{spread([s['sites'][site]['low_final'] for s in stats])}" for site in sites if site != "v")

@@ -182,6 +182,65 @@ def test_report_of_a_directory_without_runs_says_so(tmp_path, capsys):
     assert e.value.code == 2 and "neither a study directory" in capsys.readouterr().err
 
 
+SEED0_ONLY = ("Massive values (a dim with M > 5 x its head mean): RoPE", "RoPE: largest max ratio over layers, step 0",
+              "NoPE: largest max ratio over layers, step 0", "A massive dim absent at step 0 appeared in: RoPE (K).",
+              "No Q/K dim crossed λ = 5 (beyond step 0) in: NoPE.", "RoPE low-frequency share of top-1 mass",
+              "NoPE low-frequency share of top-1 mass", "Attention sinks (share of heads",
+              "Heads agreeing on the frequency index of their top dim, largest at the end: ")
+
+
+def test_summary_states_each_quantity_once_with_several_seeds(study_dir, tmp_path):
+    """With two seeds the summary keeps the pooled statements and drops seed 0's duplicates of them, keeping what
+    only seed 0's said (the layer that crossed λ, Q/K against V, Gu et al., the heads' agreement, the caveat for a
+    model without rotation); with one seed it is emergence_paragraphs then site_paragraphs, as before seeds."""
+    from probes import report, statements
+
+    settings, st, seed_data = report.study_data(study_dir)
+    data = {n: ds[0] for n, ds in seed_data.items()}
+    one = report.summary_paragraphs(data, settings, st, seed_data)
+    present = {n: d for n, d in data.items() if d}
+    before = report.emergence_paragraphs(present, st) + statements.site_paragraphs(seed_data, st["lam"])
+    assert one[1:1 + len(before)] == before
+    text = " ".join(one)
+    for seed0 in SEED0_ONLY:
+        assert seed0 in text, seed0
+    assert f"crossing λ in layer(s) [{LAYER}]" in text and "RoPE (1 seed, " in text
+    assert "grew more than that of V" in text or "In no scheme did the largest max ratio of Q or K" in text
+    assert "per seed:" not in text and "per scheme over its seeds" not in text
+
+    copy = tmp_path / "study"  # two seeds: seed 1 a copy of seed 0 (the report reads saved records only)
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    for scheme in SCHEMES:
+        shutil.copytree(copy / scheme, copy / f"{scheme}_seed1")
+    study = json.loads((copy / "study.json").read_text())
+    study["study"]["seeds"] = [0, 1]
+    (copy / "study.json").write_text(json.dumps(study))
+    assert main(["report", str(copy)]) == 0
+    settings, st, seed_data = report.study_data(copy)
+    assert [len(ds) for ds in seed_data.values()] == [2, 2]
+    two = " ".join(report.summary_paragraphs({n: ds[0] for n, ds in seed_data.items()}, settings, st, seed_data))
+    for seed0 in SEED0_ONLY + ("grew more than that of V", "In no scheme did", "crossing λ in layer(s)"):
+        assert seed0 not in two, seed0
+    for pooled in ("Massive values (a dim with M > 5 x its head mean), per scheme over its seeds",
+                   "RoPE (2 seeds, 1,024 tokens seen): largest max ratio over layers, step 0 → end: q ",
+                   "NoPE (2 seeds, 1,024 tokens seen)", "Low-frequency share, step 0 → end: q ",
+                   "RoPE / NoPE ratio of the largest max ratio", "Differences between schemes",
+                   "The largest max ratio of Q or K grew (end over step 0) more than that of V in: RoPE ",
+                   "Attention sinks: the attention-sink share above is the share of heads with first-token",
+                   "Gu et al. find 18-33%", "The after-rotation value at step 0 is the bias of the rotation",
+                   "Heads agreeing on the frequency index of their top dim, largest at the end, per seed: ",
+                   "NoPE: the low-frequency share above is that of the top-1 mass (mean over layers; chance",
+                   "hypothetical: this model does not rotate (position=none)"):
+        assert pooled in two, pooled
+    step = EDIT_AT + 2  # seed 0's "crossing λ in layer(s) [1]", per seed
+    assert f"k_pre at step {step} (layer {LAYER}); {step} (layer {LAYER})" in two
+    for once, n in (("largest max ratio over layers, step 0 → ", 2), ("Low-frequency share, step 0 → end", 2),
+                    ("first-token attention mass", 1), ("(index 0 is", 0), ("Index 0 is the fastest-rotating", 1)):
+        assert two.count(once) == n, once  # once per scheme, or once
+    html = (copy / "index.html").read_text()
+    assert "RoPE (2 seeds, 1,024 tokens seen)" in html and "NoPE low-frequency share of top-1 mass" not in html
+
+
 def test_shipped_study_configs_build():
     sizes = {}
     for spec in ("study_default.py", "study_default.py:SYNTHETIC", "study_cpu_long.py", "study_gpu.py",
