@@ -24,6 +24,12 @@ H100_PEAK_FLOPS = 989e12
 """Dense bf16 peak of an H100/H200 SXM, the MFU denominator the issue fixes."""
 
 
+def flops_per_token(n_params: int, s: dict) -> float:
+    """Training FLOPs per token of a shape dict (layers, heads, d, seq): 6N + 12*L*H*Q*T (PaLM appendix B;
+    nanoGPT's estimate_mfu), N the parameter count (a tied embedding counted once, as the unembedding)."""
+    return 6 * n_params + 12 * s["layers"] * s["heads"] * (s["d"] // s["heads"]) * s["seq"]
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--full", action="store_true", help="the issue's full shapes (default: on a GPU)")

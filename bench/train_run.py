@@ -14,10 +14,11 @@ round of each counts. 1 thread pins both children to one CPU (bench/common.run_s
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from common import ROOT, Report, emit, jax_sync, parser, run_side, summary, timed
+from common import ROOT, Report, emit, flops_per_token, jax_sync, parser, run_side, summary, timed
 
 SHAPES = {
     "study": dict(vocab=264, d=128, layers=2, heads=4, mlp=384, seq=256, batch=8,
@@ -25,11 +26,6 @@ SHAPES = {
     "d384": dict(vocab=264, d=384, layers=6, heads=6, mlp=1024, seq=256, batch=8,
                  steps=12, eval_every=10, eval_batches=1, checkpoint_every=10, iters=2, repeats=2),
 }
-
-
-def flops_per_token(n_params: int, s: dict) -> float:
-    """6N + 12*L*H*Q*T (PaLM appendix B), N without the embedding's lookup counted (tied: it is the unembedding)."""
-    return 6 * n_params + 12 * s["layers"] * s["d"] * s["seq"]
 
 
 def matmul_gflops(matmul, sync) -> float:
@@ -85,7 +81,6 @@ def ours(name: str) -> dict:
 
 def peer(name: str, compiled: bool) -> dict:
     import math
-    import os
     import tempfile
     import time
 
@@ -161,7 +156,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2, help="alternating ours/peer rounds per (shape, threads)")
     p.add_argument("--torch-compile", action="store_true",
                    help="also time the peer's step under torch.compile (inductor on CPU: minutes of compiling)")
-    p.add_argument("--shape", help=argparse_suppress())
+    p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
         return emit(ours(args.shape) if args.side == "ours" else peer(args.shape, args.torch_compile))
@@ -203,12 +198,6 @@ def main():
                      f"peer {[round(x['run_tps']) for x in rounds['peer']]} tok/s; bare-step repeats differ by up to "
                      f"{max(spreads):.0%}")
             rep.append(args.results)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

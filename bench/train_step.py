@@ -13,6 +13,7 @@ from common import (
     H100_PEAK_FLOPS,
     Report,
     emit,
+    flops_per_token,
     full_mode,
     jax_sync,
     parser,
@@ -34,11 +35,6 @@ def shape(full: bool, batch: int | None) -> dict:
     if batch:
         s["batch"] = batch
     return s
-
-
-def flops_per_token(n_params: int, s: dict) -> float:
-    """6N + 12*L*H*Q*T (PaLM appendix B; nanoGPT's estimate_mfu)."""
-    return 6 * n_params + 12 * s["layers"] * s["heads"] * (s["d"] // s["heads"]) * s["seq"]
 
 
 def schedule(full: bool) -> dict:

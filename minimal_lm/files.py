@@ -32,6 +32,14 @@ def write_atomic(path, text: str) -> None:
         f.write(text)
 
 
+def read_json(path):
+    """The JSON file `path`; a malformed one is a ValueError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
 def read_jsonl(path, *, cut_tail_ok: bool = False) -> list[tuple[int, object]]:
     """(line number, value) of each non-blank line of a JSON-lines file; a line that is not JSON raises
     ValueError naming `path:line`. With cut_tail_ok, a last line that does not parse is skipped: an

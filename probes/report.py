@@ -4,13 +4,12 @@ sinks beside Q/K concentration, the disruption table and an auto-written summary
 here; `python -m probes report` (probes.report_cmd) parses its argument and calls write_report."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from minimal_lm import ModelConfig
-from minimal_lm.files import read_log
+from minimal_lm.files import read_json, read_log
 from probes import emergence as em
 from probes import figures, statements
 from probes.emergence import run_name
@@ -41,8 +40,8 @@ def write_report(path) -> Path:
         out, (settings, st, seed_data) = path, study_data(path)
     elif (path / "config.json").is_file():
         parent = path.parent / "study.json"
-        settings = {**_read_json(path / "config.json"),
-                    "study": _read_json(parent)["study"] if parent.is_file() else {}}
+        settings = {**read_json(path / "config.json"),
+                    "study": read_json(parent)["study"] if parent.is_file() else {}}
         st = {**DEFAULTS, **settings["study"]}
         out, seed_data = path / "report", {path.name: [_load(path, st)]}
     else:
@@ -91,7 +90,7 @@ def study_data(path) -> tuple[dict, dict, dict]:
     scheme -> one _load per seed of study.seeds, None for a run not trained yet), the input of probes.statements
     (probes.sweep tabulates it)."""
     path = Path(path)
-    settings = _read_json(path / "study.json")
+    settings = read_json(path / "study.json")
     seeds = settings["study"].get("seeds") or [0]
     st = {**DEFAULTS, **settings["study"]}
     return settings, st, {s: [_load(path / run_name(s, k, seeds), st) for k in seeds]
@@ -114,13 +113,6 @@ def classes_section(seed_data: dict, out, figs) -> Section:
                                          "Q/K dims disrupted; mean over seeds, band: min-max.")])
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def _load(run_dir: Path, st: dict) -> dict | None:
     """Everything the report draws from one run directory; None when it holds no run yet."""
     if not (run_dir / "config.json").is_file():
@@ -129,17 +121,17 @@ def _load(run_dir: Path, st: dict) -> dict | None:
     metrics = read_log(run_dir / "metrics.jsonl")
     if not records and not metrics:
         return None
-    config = _read_json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json")
     model = ModelConfig.from_dict(config["model"], f"{run_dir / 'config.json'}: model")
     finals = sorted((run_dir / "disruption").glob("step_*/results.json"))
-    final = _read_json(finals[-1]) if finals else None
+    final = read_json(finals[-1]) if finals else None
     timing = run_dir / "timing.json"
     return {"dir": run_dir, "config": config, "model": model, "records": records, "metrics": metrics,
             "freq": frequency_map(model), "summary": em.summarize(records, st["lam"]),
             "final": final, "final_dir": finals[-1].parent if finals else None,
             "final_acc": em.accuracy_by_kind(final) if final else None,
             "log": em.read_disruption_log(run_dir), "classes": em.read_class_log(run_dir),
-            "timing": _read_json(timing) if timing.is_file() else {}}
+            "timing": read_json(timing) if timing.is_file() else {}}
 
 
 def _fig(path, out, caption):
@@ -527,11 +519,11 @@ def _mean(values) -> str:
 def _agreement(x, slowest, head_dim):
     """The Q/K layer whose heads most agree on their top dim's frequency index at the end."""
     return (f" Heads agreeing on the frequency index of their top dim, largest at the end: "
-            f"{_agreement_part(x, head_dim)[:-1]}; index 0 is the fastest-rotating pair, {slowest} the slowest).")
+            f"{_agreement_part(x, head_dim, f'; index 0 is the fastest-rotating pair, {slowest} the slowest')}.")
 
 
-def _agreement_part(x, head_dim) -> str:
-    """_agreement's layer: 'K layer 1, 0.25 at step 0 → 0.75 (index 8)'."""
+def _agreement_part(x, head_dim, note: str = "") -> str:
+    """_agreement's layer: 'K layer 1, 0.25 at step 0 → 0.75 (index 8)', `note` inside the parentheses."""
     site, i = max(((site, i) for site in ("q", "k") for i in range(len(x[site]))),
                   key=lambda si: x[si[0]][si[1]]["concentration_final"] or 0)
     layer = x[site][i]
@@ -539,7 +531,7 @@ def _agreement_part(x, head_dim) -> str:
     where = (f"unrotated dim {index - head_dim}" if index is not None and index >= head_dim else f"index {index}")
     num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     return (f"{site.upper()} layer {i}, {num(layer['concentration_init'])} at step 0 → "
-            f"{num(layer['concentration_final'])} ({where})")
+            f"{num(layer['concentration_final'])} ({where}{note})")
 
 
 def _verdicts(present, lam):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minimal_lm import ConfigError
-from minimal_lm.files import write_atomic
+from minimal_lm.files import read_json, write_atomic
 from probes import emergence as em
 from probes import statements
 from probes.report import study_data
@@ -133,7 +133,7 @@ def write_table(sweep: SweepConfig, out, *, command: str | None = None, failed: 
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"{out}: no sweep directory; run `python -m probes sweep --config ... --out {out}`")
-    old = _read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
+    old = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
     failed = {**{r["setting"]: r["diverged"] for r in old.get("rows", []) if r.get("diverged")}, **(failed or {})}
     rows = []
     for name, study in sweep.studies().items():
@@ -242,10 +242,3 @@ def markdown(record: dict) -> str:
     if record.get("command"):
         lines += ["", "```", record["command"], "```"]
     return "\n".join(lines) + "\n"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
