@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m probes study --config configs/study_default.py --out runs/study
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(PY) -m probes study --config configs/study_default.py --out runs/study
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

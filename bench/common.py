@@ -24,6 +24,13 @@ H100_PEAK_FLOPS = 989e12
 """Dense bf16 peak of an H100/H200 SXM, the MFU denominator the issue fixes."""
 
 
+HOST_MALLOC = "glibc.malloc.hugetlb=1"
+"""What `make demo` sets for the study and each benchmark side gets (ours and the peer alike): glibc's malloc backs
+its large blocks with transparent huge pages. XLA:CPU allocates each training step's scratch (75 MB at the study's
+shape) afresh; in 4 KB pages that is 15-22K page faults per step, ~20% of the study's step on one core
+(bench/RESULTS.md, 2026-12-02); PyTorch's step is within 2% either way. Needs glibc >= 2.35 and THP not 'never'."""
+
+
 def flops_per_token(n_params: int, s: dict) -> float:
     """Training FLOPs per token of a shape dict (layers, heads, d, seq): 6N + 12*L*H*Q*T (PaLM appendix B;
     nanoGPT's estimate_mfu), N the parameter count (a tied embedding counted once, as the unembedding)."""
@@ -68,6 +75,7 @@ def child_env(threads: int = 0) -> dict:
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+    env.setdefault("GLIBC_TUNABLES", HOST_MALLOC)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         flags = f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} intra_op_parallelism_threads={threads}"
