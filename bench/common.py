@@ -24,11 +24,14 @@ H100_PEAK_FLOPS = 989e12
 """Dense bf16 peak of an H100/H200 SXM, the MFU denominator the issue fixes."""
 
 
-HOST_MALLOC = "glibc.malloc.hugetlb=1"
-"""What `make demo` sets for the study and each benchmark side gets (ours and the peer alike): glibc's malloc backs
-its large blocks with transparent huge pages. XLA:CPU allocates each training step's scratch (75 MB at the study's
-shape) afresh; in 4 KB pages that is 15-22K page faults per step, ~20% of the study's step on one core
-(bench/RESULTS.md, 2026-12-02); PyTorch's step is within 2% either way. Needs glibc >= 2.35 and THP not 'never'."""
+HOST_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:"
+               "glibc.malloc.hugetlb=1")
+"""glibc malloc settings that `make demo` (the Makefile's HOST_MALLOC) and each benchmark side (ours and the peer
+alike) run with: one arena, no mmap for large blocks, no trimming, transparent huge pages. XLA:CPU allocates each
+training step's scratch as one block (75 MB at the study's shape, ~500 MB at 6 layers d 384); by default glibc
+maps it afresh and unmaps it every step: 18-22K page faults per step at the study's shape, ~20% of its step on
+one core. With these the block is reused (0-30 faults per step); PyTorch's step is within 2% either way
+(bench/RESULTS.md, 2026-12-02). glibc reads them at process start; hugetlb needs glibc >= 2.35."""
 
 
 def flops_per_token(n_params: int, s: dict) -> float:
