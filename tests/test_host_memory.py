@@ -59,3 +59,11 @@ def test_host_malloc_cuts_the_steps_page_faults():
     plain, tuned = _faults(None), _faults(HOST_MALLOC)
     assert plain > 10000, plain  # 75 MB of fresh 4 KB pages per step
     assert tuned < plain / 10, (tuned, plain)
+
+
+def test_makefile_sets_the_same_host_malloc():
+    """`make demo` and the benchmarks run with one setting: the Makefile's HOST_MALLOC is bench/common's."""
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        lines = [ln for ln in f if ln.startswith("HOST_MALLOC :=")]
+    assert len(lines) == 1, lines
+    assert lines[0].split(":=", 1)[1].strip() == HOST_MALLOC
