@@ -27,7 +27,14 @@ class Position:
         return x_BSD
 
     @staticmethod
-    def rotate(cfg: ModelConfig, x_BSHD, positions_BS):
+    def rotary(cfg: ModelConfig, positions_BS):
+        """What `rotate` needs of the positions, computed once per forward and shared by every layer
+        (None: nothing rotates)."""
+        return None
+
+    @classmethod
+    def rotate(cls, cfg: ModelConfig, x_BSHD, positions_BS, rotary=None):
+        """x rotated by its positions; `rotary` is `cls.rotary(cfg, positions_BS)` when the caller has it."""
         return x_BSHD
 
     @staticmethod
@@ -96,11 +103,16 @@ class Rope(Position):
     name = "rope"
 
     @staticmethod
-    def rotate(cfg, x_BSHD, positions_BS):
-        d = cfg.rotary_dim
+    def rotary(cfg, positions_BS):
+        """(cos, sin) [B, S, 1, rotary_dim] in float32, as HF's rotary_emb computes them once per forward."""
         freqs_BSF = positions_BS.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
         angles_BSD = jnp.concatenate([freqs_BSF, freqs_BSF], axis=-1)[:, :, None, :]
-        cos, sin = jnp.cos(angles_BSD).astype(x_BSHD.dtype), jnp.sin(angles_BSD).astype(x_BSHD.dtype)
+        return jnp.cos(angles_BSD), jnp.sin(angles_BSD)
+
+    @classmethod
+    def rotate(cls, cfg, x_BSHD, positions_BS, rotary=None):
+        d = cfg.rotary_dim
+        cos, sin = (t.astype(x_BSHD.dtype) for t in (rotary or cls.rotary(cfg, positions_BS)))
         rot, rest = x_BSHD[..., :d], x_BSHD[..., d:]
         rot = rot * cos + _rotate_half(rot) * sin
         return jnp.concatenate([rot, rest], axis=-1) if rest.shape[-1] else rot

@@ -43,6 +43,29 @@ def test_rope_is_rotate_half_layout():
     np.testing.assert_array_equal(rope_frequency_index(cfg), [0, 1, 2, 3, 0, 1, 2, 3])
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_forward_constant_rotation_tables_match_traced_positions(fraction):
+    """Without positions or a mask forward rotates by tables computed at trace time (constants); given the same
+    positions it computes them in-graph. The two agree, loss gradients included."""
+    from minimal_lm import forward, init_params
+
+    cfg = ModelConfig(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, vocab_size=50, max_seq_len=32,
+                      position="rope", rope_fraction=fraction, init_std=0.5)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 50)
+
+    def loss(p, positions):
+        return jnp.mean(forward(p, tokens, cfg, positions_BT=positions).logits ** 2)
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    (a, ga), (b, gb) = grad(params, None), grad(params, jnp.broadcast_to(jnp.arange(12), (2, 12)))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), ga, gb)
+    logits = [forward(params, tokens, cfg, positions_BT=p).logits
+              for p in (None, jnp.broadcast_to(2 * jnp.arange(12), (2, 12)))]
+    assert float(jnp.max(jnp.abs(logits[0] - logits[1]))) > 1e-3  # the positions do reach the rotation
+
+
 def test_llama3_scaling_matches_reference_rule():
     s = Llama3Scaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
     cfg = ModelConfig(d_model=256, num_heads=4, position="rope", rope_theta=500000.0, rope_scaling=s)
