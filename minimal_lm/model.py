@@ -260,18 +260,19 @@ def forward(params: dict, tokens_BT, cfg: ModelConfig, *, positions_BT=None, mas
                           f"use None (the backend's best) or 'xla'")
     dtype = jnp.dtype(cfg.dtype)
     params = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
-    pos = scheme(cfg)
-    if positions_BT is None and mask_BT is None:
-        # Every row at 0..T-1: the rotation tables are constants. Computed in-graph, XLA:CPU fuses sin and cos
-        # into each use and evaluates them per element of q and k, forward and backward (8% of the study's step).
-        with jax.ensure_compile_time_eval():
-            rotary = pos.rotary(cfg, jnp.arange(T)[None])
-    else:
-        rotary = None
+    default_positions = positions_BT is None and mask_BT is None  # every row at 0..T-1
     if positions_BT is None:
         positions_BT = (jnp.broadcast_to(jnp.arange(T), (B, T)) if mask_BT is None
                         else jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0))
     positions_BT = positions_BT.astype(jnp.int32)
+    pos = scheme(cfg)
+    if default_positions:
+        # The rotation tables are constants. Computed in-graph, XLA:CPU fuses sin and cos into each use and
+        # evaluates them per element of q and k, forward and backward (8% of the study's step).
+        with jax.ensure_compile_time_eval():
+            rotary = pos.rotary(cfg, jnp.arange(T)[None])
+    else:
+        rotary = pos.rotary(cfg, positions_BT)
     hook_mask_BT = jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool)
     intervention, capture = (h.bind(hook_mask_BT) if hasattr(h, "bind") else h for h in (intervention, capture))
 

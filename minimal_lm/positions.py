@@ -112,7 +112,9 @@ class Rope(Position):
     @classmethod
     def rotate(cls, cfg, x_BSHD, positions_BS, rotary=None):
         d = cfg.rotary_dim
-        cos, sin = (t.astype(x_BSHD.dtype) for t in (rotary or cls.rotary(cfg, positions_BS)))
+        if rotary is None:
+            rotary = cls.rotary(cfg, positions_BS)
+        cos, sin = (t.astype(x_BSHD.dtype) for t in rotary)
         rot, rest = x_BSHD[..., :d], x_BSHD[..., d:]
         rot = rot * cos + _rotate_half(rot) * sin
         return jnp.concatenate([rot, rest], axis=-1) if rest.shape[-1] else rot
